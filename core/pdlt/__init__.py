@@ -1,0 +1,81 @@
+"""pdlt — the effective theory of deep learning (Roberts & Yaida) as working software.
+
+Given an activation, an architecture, hyperparameters, a learning algorithm and data, pdlt
+computes the distribution of a network's outputs at initialization and after training to order
+1/width, and checks each prediction against ensembles of real finite-width networks.
+
+Concrete activations, architectures and learning algorithms are plugins; the names ``MLP``,
+``ResidualMLP``, ``GradientDescent``, ``Bayesian`` and ``NewtonStep`` are looked up in the plugin
+registry on first access.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import errors
+from .activation import Activation
+from .architecture import Architecture
+from .errors import (
+    AccuracyWarning,
+    NoCriticalityError,
+    NumericalError,
+    ParameterError,
+    PdltError,
+    PluginError,
+    RegimeWarning,
+    UnknownNameError,
+)
+from .plugins import get_plugin_manager, lookup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation",
+    "Architecture",
+    "activation",
+    "architecture",
+    "get_plugin_manager",
+    "PdltError",
+    "ParameterError",
+    "PluginError",
+    "UnknownNameError",
+    "NumericalError",
+    "NoCriticalityError",
+    "AccuracyWarning",
+    "RegimeWarning",
+    "errors",
+    "__version__",
+]
+
+
+def activation(name: str, **params: Any) -> Activation:
+    """Instantiate the activation registered as ``name`` (e.g. ``pdlt.activation("tanh")``).
+
+    Raises
+    ------
+    UnknownNameError
+        Lists the registered names and the closest match.
+    """
+    return lookup("activation", name)(**params)
+
+
+def architecture(name: str, **params: Any) -> Architecture:
+    """Instantiate the architecture registered as ``name`` ("mlp", "residual_mlp", …)."""
+    return lookup("architecture", name)(**params)
+
+
+_LAZY_PLUGIN_CLASSES = {
+    "MLP": ("architecture", "mlp"),
+    "ResidualMLP": ("architecture", "residual_mlp"),
+    "GradientDescent": ("learning_algorithm", "gradient_descent"),
+    "Bayesian": ("learning_algorithm", "bayesian"),
+    "NewtonStep": ("learning_algorithm", "newton_step"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_PLUGIN_CLASSES:
+        kind, key = _LAZY_PLUGIN_CLASSES[name]
+        return lookup(kind, key)
+    raise AttributeError(f"module 'pdlt' has no attribute {name!r}")
