@@ -26,6 +26,9 @@ from .errors import (
     RegimeWarning,
     UnknownNameError,
 )
+from .flow import Flow, Statistics
+from .flow import flow as flow  # the function shadows the module name on purpose (pdlt.flow(net, X))
+from .gaussian import expect
 from .plugins import get_plugin_manager, lookup
 
 __version__ = "0.1.0"
@@ -35,6 +38,10 @@ __all__ = [
     "Architecture",
     "activation",
     "architecture",
+    "flow",
+    "Flow",
+    "Statistics",
+    "expect",
     "get_plugin_manager",
     "PdltError",
     "ParameterError",

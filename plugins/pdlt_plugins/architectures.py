@@ -21,6 +21,16 @@ class MLP(Architecture):
 
     name = "mlp"
 
+    def first_layer(self, X, *, order="full"):
+        from . import mlp_recursions
+
+        return mlp_recursions.first_layer(self, X, order)
+
+    def next_layer(self, stats, ell, *, order="full"):
+        from . import mlp_recursions
+
+        return mlp_recursions.next_layer(self, stats, ell, order)
+
     def sample_forward(self, X, size, rng, *, ntk=True):
         from pdlt.networks import mlp_forward
 

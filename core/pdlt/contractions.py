@@ -1,0 +1,231 @@
+"""Sample-space building blocks of the layer recursions.
+
+A layer step needs, for every pair or quadruple of inputs, Gaussian expectations of products of
+σ and its derivatives (:class:`LayerExpectations`), and contractions of the lower layer's
+rank-4 tensors with "derivative insertions" ⟨∂_β1∂_β2 (f_a g_b)⟩.  Because f_a g_b depends only on
+z_a and z_b, such an insertion is non-zero only for β ∈ {a, b}: it is a *pair operator* with three
+coefficients per pair (a, b) — ⟨f''g⟩ at (a,a), ⟨f'g'⟩ at (a,b) and (b,a), ⟨fg''⟩ at (b,b) —
+and contracting it with a tensor is a gather, O(N⁴) for a rank-4 tensor, never a dense N²×N²
+product.  The same holds for first and fourth derivatives.  These helpers are shared by every
+architecture plugin (MLP, residual MLP, …).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import attrs
+import numpy as np
+
+from .activation import Activation
+from .errors import NumericalError
+from .gaussian import QuadratureRule, all_index_tuples, expect
+
+__all__ = ["LayerExpectations", "PairOp", "apply_pair_op", "first_derivative_terms", "fourth_contract"]
+
+
+@attrs.frozen
+class PairOp:
+    """Coefficients c_aa, c_ab, c_bb (each (N, N), indexed by the pair (a, b)) of ⟨∂∂(f_a g_b)⟩."""
+
+    aa: np.ndarray
+    ab: np.ndarray
+    bb: np.ndarray
+
+    def scaled(self, s) -> "PairOp":
+        return PairOp(self.aa * s, self.ab * s, self.bb * s)
+
+    def __add__(self, other: "PairOp") -> "PairOp":
+        return PairOp(self.aa + other.aa, self.ab + other.ab, self.bb + other.bb)
+
+
+def apply_pair_op(X: np.ndarray, op: PairOp, axis: int) -> np.ndarray:
+    """Σ_{β1β2} X[..., β1, β2, ...] c^{ab}_{β1β2}, replacing the pair axes (axis, axis+1) by (a, b).
+
+    Notes
+    -----
+    Σ_β X_β c^{ab}_β = c_aa X_aa + c_ab (X_ab + X_ba) + c_bb X_bb, with the pair (a, b) taking the
+    place of the contracted pair.
+    """
+    Xm = np.moveaxis(X, (axis, axis + 1), (0, 1))
+    N = Xm.shape[0]
+    diag = Xm[np.arange(N), np.arange(N)]  # (N, rest)
+    extra = (None,) * (Xm.ndim - 2)
+    out = (
+        op.aa[(...,) + extra] * diag[:, None]
+        + op.ab[(...,) + extra] * (Xm + np.swapaxes(Xm, 0, 1))
+        + op.bb[(...,) + extra] * diag[None, :]
+    )
+    return np.moveaxis(out, (0, 1), (axis, axis + 1))
+
+
+def first_derivative_terms(F: np.ndarray, u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Σ_{e,g} F_{p e r g} ⟨∂_e(f_p g_q)⟩⟨∂_g(f_r g_s)⟩ with ⟨∂_p(f_p g_q)⟩ = u_pq, ⟨∂_q(...)⟩ = w_pq.
+
+    Returns the tensor indexed (p, q, r, s); used by the F, Q and T recursions.
+    """
+    N = F.shape[0]
+    ar = np.arange(N)
+    # G_{pqrg} = Σ_e F_{p e r g} ⟨∂_e(f_p g_q)⟩ = u_pq F_{pprg} + w_pq F_{pqrg}
+    Fpp = F[ar, ar]  # (p, r, g)
+    G = u[:, :, None, None] * Fpp[:, None, :, :] + w[:, :, None, None] * F
+    # Σ_g G_{pqrg} ⟨∂_g(f_r g_s)⟩ = u_rs G_{pqrr} + w_rs G_{pqrs}
+    Grr = G[:, :, ar, ar]  # (p, q, r)
+    return u[None, None, :, :] * Grr[:, :, :, None] + w[None, None, :, :] * G
+
+
+def fourth_contract(V: np.ndarray, E4: dict[int, np.ndarray]) -> np.ndarray:
+    """Σ_{β1..β4} V_{(β1β2)(β3β4)} ⟨∂β1∂β2∂β3∂β4 (f_a g_b)⟩ for every pair (a, b).
+
+    ``E4[n_a]`` is the (N, N) matrix ⟨f^(n_a)_a g^(4−n_a)_b⟩ (see
+    :meth:`LayerExpectations.fourth`); every β is a or b (slot derivatives), so the sum runs
+    over the 16 assignments of the four β's to the two slots.
+    """
+    N = V.shape[0]
+    a = np.arange(N)[:, None] * np.ones((1, N), dtype=int)
+    b = a.T
+    out = np.zeros((N, N))
+    for t in itertools.product((0, 1), repeat=4):
+        n_a = 4 - sum(t)
+        idx = tuple(a if ti == 0 else b for ti in t)
+        out += V[idx] * E4[n_a]
+    return out
+
+
+class LayerExpectations:
+    """Cached Gaussian expectations over one layer's kernel K (N×N) for pairs and quadruples.
+
+    ``pair(d1, d2)`` is the (N, N) matrix ⟨σ^(d1)_a σ^(d2)_b⟩_K; ``quad(o)`` the (N, N, N, N)
+    tensor ⟨σ^(o1)_a σ^(o2)_b σ^(o3)_c σ^(o4)_d⟩_K.  Only one representative of each set of
+    index tuples related by permutations of equal-order slots is integrated.
+
+    Coinciding inputs (a = b, or duplicated inputs with z_a ≡ z_b) are special: there a slot
+    derivative such as ⟨σ''_a σ'_a⟩ may be an undefined product of distributions for kinked σ
+    (δ(z)Θ(z) for ReLU), while the recursions only ever need the *sum* over slot assignments,
+    which is the well-defined derivative of the whole product, ⟨∂^m (f g)⟩.  The derivative
+    operators below therefore carry that total on coinciding pairs (in the (a,a) coefficient)
+    and zero elsewhere — equivalent, since every tensor is symmetric under a ↔ b there.
+    """
+
+    def __init__(self, activation: Activation, K: np.ndarray, rule: QuadratureRule | None = None):
+        self.activation = activation
+        self.K = np.asarray(K, dtype=float)
+        self.N = self.K.shape[0]
+        self.rule = rule
+        d = np.diag(self.K)
+        scale = max(float(d.max()), 1e-300)
+        self.coincident = np.abs(d[:, None] + d[None, :] - 2 * self.K) <= 1e-13 * scale
+        self._pairs: dict[tuple[int, int], np.ndarray] = {}
+        self._quads: dict[tuple[int, ...], np.ndarray] = {}
+        self._totals: dict[tuple[int, int, int], np.ndarray] = {}
+        self.max_error = 0.0
+
+    def _record(self, vals, errs):
+        if errs.size:
+            self.max_error = max(self.max_error, float(np.max(errs / np.maximum(np.abs(vals), 1.0))))
+
+    def _compute(self, orders: tuple[int, ...], skip_coincident: bool = False) -> np.ndarray:
+        k = len(orders)
+        tuples = all_index_tuples(self.N, k)
+        canon = tuples.copy()
+        # sort indices within groups of slots carrying the same derivative order
+        for d in set(orders):
+            slots = [s for s, o in enumerate(orders) if o == d]
+            if len(slots) > 1:
+                canon[:, slots] = np.sort(canon[:, slots], axis=1)
+        uniq, inverse = np.unique(canon, axis=0, return_inverse=True)
+        vals = np.full(len(uniq), np.nan)
+        todo = np.ones(len(uniq), dtype=bool)
+        if skip_coincident and k == 2:
+            todo = ~self.coincident[uniq[:, 0], uniq[:, 1]]
+        if todo.any():
+            sel = uniq[todo]
+            blocks = self.K[sel[:, :, None], sel[:, None, :]]
+            v, e = expect(self.activation, orders, blocks, rule=self.rule)
+            vals[todo] = v
+            self._record(v, e)
+        return vals[inverse.ravel()].reshape((self.N,) * k)
+
+    def _ordinary(self, *orders) -> bool:
+        return max(orders) <= self.activation.max_derivative
+
+    def pair(self, d1: int, d2: int) -> np.ndarray:
+        """⟨σ^(d1)_a σ^(d2)_b⟩; NaN on coinciding pairs when it is a product of distributions there."""
+        key = (d1, d2)
+        if key not in self._pairs:
+            if (d2, d1) in self._pairs:
+                self._pairs[key] = self._pairs[(d2, d1)].T
+            else:
+                self._pairs[key] = self._compute(key, skip_coincident=not self._ordinary(d1, d2))
+                if not self._ordinary(d1, d2):
+                    # where only one factor is distributional the slot form is still defined
+                    mask = self.coincident
+                    if mask.any():
+                        try:
+                            ii, jj = np.nonzero(mask)
+                            blocks = self.K[np.stack([ii, jj], 1)[:, :, None], np.stack([ii, jj], 1)[:, None, :]]
+                            v, e = expect(self.activation, key, blocks, rule=self.rule)
+                            self._pairs[key][ii, jj] = v
+                        except NumericalError:
+                            pass
+        return self._pairs[key]
+
+    def total(self, d1: int, d2: int, m: int) -> np.ndarray:
+        """⟨∂^m (σ^(d1) σ^(d2))(z_a)⟩ on coinciding pairs (the derivative of the whole product), else 0."""
+        key = (d1, d2, m)
+        if key not in self._totals:
+            out = np.zeros((self.N, self.N))
+            ii, jj = np.nonzero(self.coincident)
+            if len(ii):
+                idx = np.stack([ii, jj], 1)
+                blocks = self.K[idx[:, :, None], idx[:, None, :]]
+                v, e = expect(self.activation, (d1, d2), blocks, insert=(m, 0), rule=self.rule)
+                self._record(v, e)
+                out[ii, jj] = v
+            self._totals[key] = out
+        return self._totals[key]
+
+    def _masked(self, X: np.ndarray, total: np.ndarray | None) -> np.ndarray:
+        if total is None:
+            return np.where(self.coincident, 0.0, X)
+        return np.where(self.coincident, total, X)
+
+    def quad(self, orders: tuple[int, int, int, int]) -> np.ndarray:
+        orders = tuple(orders)
+        if orders not in self._quads:
+            # reuse a computed tensor whose slots are a permutation of these
+            for perm in itertools.permutations(range(4)):
+                key = tuple(orders[p] for p in perm)
+                if key in self._quads:
+                    # T_key[x_perm] = T_orders[x]: T_orders = T_key transposed by argsort(perm)
+                    self._quads[orders] = np.transpose(self._quads[key], np.argsort(perm))
+                    break
+            else:
+                self._quads[orders] = self._compute(orders)
+        return self._quads[orders]
+
+    def first(self, d1: int, d2: int) -> tuple[np.ndarray, np.ndarray]:
+        """(u, w): ⟨∂_a(σ^(d1)_a σ^(d2)_b)⟩ and ⟨∂_b(…)⟩ as used by :func:`first_derivative_terms`."""
+        u = self._masked(self.pair(d1 + 1, d2) if not self.coincident.all() else np.zeros((self.N, self.N)), self.total(d1, d2, 1))
+        w = self._masked(self.pair(d1, d2 + 1) if not self.coincident.all() else np.zeros((self.N, self.N)), None)
+        return u, w
+
+    def pair_op(self, d1: int, d2: int) -> PairOp:
+        """⟨∂∂(σ^(d1)_a σ^(d2)_b)⟩ as a pair operator."""
+        off = not self.coincident.all()
+        z = np.zeros((self.N, self.N))
+        return PairOp(
+            self._masked(self.pair(d1 + 2, d2) if off else z, self.total(d1, d2, 2)),
+            self._masked(self.pair(d1 + 1, d2 + 1) if off else z, None),
+            self._masked(self.pair(d1, d2 + 2) if off else z, None),
+        )
+
+    def fourth(self, d1: int, d2: int) -> dict[int, np.ndarray]:
+        """{n_a: ⟨σ^(d1+n_a)_a σ^(d2+4−n_a)_b⟩} for :func:`fourth_contract` (totals on coinciding pairs)."""
+        off = not self.coincident.all()
+        z = np.zeros((self.N, self.N))
+        out = {}
+        for n in range(5):
+            X = self.pair(d1 + n, d2 + 4 - n) if off else z
+            out[n] = self._masked(X, self.total(d1, d2, 4) if n == 4 else None)
+        return out

@@ -1,0 +1,229 @@
+"""The RG flow driver: per-layer statistics of a network's preactivations and NTK.
+
+:func:`flow` asks the architecture for layer 1 and then applies its layer map L−1 times; it does
+not know which architecture it drives.  The result is a :class:`Flow`, a sequence of frozen
+:class:`Statistics` (book numbering: ``flow.layer(1)`` … ``flow.layer(L)``, ``flow[-1]`` is the
+output layer).
+
+Normalisations (theory/init.md §3, §5, §6; book §4.3, §8.3): for layer ℓ with fan-in n_{ℓ−1},
+
+* E[z_{i;α1} z_{j;α2}] = δ_ij [K_α1α2 + G1_α1α2 / n_{ℓ−1}] + O(1/n²)
+* E[zzzz]_connected = (1/n_{ℓ−1}) [δ12δ34 V_(α1α2)(α3α4) + δ13δ24 V_(α1α3)(α2α4) + δ14δ23 V_(α1α4)(α2α3)]
+* E[Ĥ_{ij;α1α2}] = δ_ij [Θ_α1α2 + H1_α1α2 / n_{ℓ−1}]
+* E[ΔĤ_{i1i2;α1α2} ΔĤ_{i3i4;α3α4}] = (1/n_{ℓ−1}) [δ12δ34 A_(α1α2)(α3α4) + δ13δ24 B_α1α3α2α4 + δ14δ23 B_α1α4α2α3]
+* E[ΔĤ_{i1i2;α1α2} z_{i3;α3} z_{i4;α4}] = (1/n_{ℓ−1}) [δ12δ34 D_α1α2α3α4 + δ13δ24 F_α1α3α2α4 + δ14δ23 F_α1α4α2α3]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator, Sequence
+
+import attrs
+import numpy as np
+
+from .architecture import Architecture
+from .errors import ParameterError
+
+__all__ = ["Statistics", "Flow", "flow", "validate_inputs", "TENSOR_FIELDS"]
+
+TENSOR_FIELDS = ("K", "Theta", "V", "G1", "H1", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
+
+
+def _readonly(x):
+    if x is None:
+        return None
+    a = np.array(x, dtype=float)
+    a.setflags(write=False)
+    return a
+
+
+_arr = dict(converter=_readonly, eq=attrs.cmp_using(eq=lambda a, b: (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))), default=None)
+
+
+@attrs.frozen(kw_only=True)
+class Statistics:
+    """Statistics of one layer ℓ over N inputs, to order 1/n.
+
+    Attributes
+    ----------
+    layer : int
+        ℓ (book numbering, 1..L).
+    width : int
+        n_ℓ, the number of neurons of this layer.
+    fan_in : int
+        n_{ℓ−1}; every O(1/n) tensor below is normalised by 1/fan_in.
+    K : ndarray (N, N)
+        Infinite-width kernel K^(ℓ) (book §4.3).
+    Theta : ndarray (N, N)
+        Infinite-width (frozen) NTK Θ^(ℓ) (book §8.3.1).
+    V : ndarray (N, N, N, N) or None
+        Four-point vertex V_(α1α2)(α3α4) (book §4.3); symmetric within and between pairs.
+    G1 : ndarray (N, N) or None
+        NLO kernel correction (the book's K^{1} / G^{1}, §4.5).
+    H1 : ndarray (N, N) or None
+        NLO NTK-mean correction (shared/theory/ntk-nlo.md).
+    A, B, D, F : ndarray (N, N, N, N) or None
+        NTK fluctuation (A, B) and NTK–preactivation cross-correlation (D, F) tensors
+        (book §8.3); index conventions in the module docstring.
+    P, Q, R, S, T, U : ndarray (N, N, N, N) or None
+        dNTK–preactivation correlators and ddNTK means (book ch. 11, ∞), when computed.
+    """
+
+    layer: int
+    width: int
+    fan_in: int
+    K: np.ndarray = attrs.field(**_arr)
+    Theta: np.ndarray = attrs.field(**_arr)
+    V: np.ndarray | None = attrs.field(**_arr)
+    G1: np.ndarray | None = attrs.field(**_arr)
+    H1: np.ndarray | None = attrs.field(**_arr)
+    A: np.ndarray | None = attrs.field(**_arr)
+    B: np.ndarray | None = attrs.field(**_arr)
+    D: np.ndarray | None = attrs.field(**_arr)
+    F: np.ndarray | None = attrs.field(**_arr)
+    P: np.ndarray | None = attrs.field(**_arr)
+    Q: np.ndarray | None = attrs.field(**_arr)
+    R: np.ndarray | None = attrs.field(**_arr)
+    S: np.ndarray | None = attrs.field(**_arr)
+    T: np.ndarray | None = attrs.field(**_arr)
+    U: np.ndarray | None = attrs.field(**_arr)
+    quadrature_error: float = 0.0
+
+    @property
+    def n_inputs(self) -> int:
+        return self.K.shape[0]
+
+    @property
+    def has_corrections(self) -> bool:
+        """True when the O(1/n) tensors (V, G1, H1, A, B, D, F) were computed."""
+        return self.V is not None
+
+    def metric(self) -> np.ndarray:
+        """K + G1/n_{ℓ−1}: the finite-width two-point function to order 1/n."""
+        return self.K if self.G1 is None else self.K + self.G1 / self.fan_in
+
+    def ntk_mean(self) -> np.ndarray:
+        """Θ + H1/n_{ℓ−1}: the finite-width NTK mean to order 1/n."""
+        return self.Theta if self.H1 is None else self.Theta + self.H1 / self.fan_in
+
+    def restrict(self, idx: Sequence[int]) -> "Statistics":
+        """The statistics of a subset of the inputs (marginalisation over samples, book §4.4)."""
+        idx = np.asarray(idx, dtype=int)
+        changes = {}
+        for name in TENSOR_FIELDS:
+            x = getattr(self, name)
+            if x is not None:
+                changes[name] = x[np.ix_(*([idx] * x.ndim))]
+        return attrs.evolve(self, **changes)
+
+
+@attrs.frozen
+class Flow(Sequence):
+    """The sequence of per-layer :class:`Statistics` for ℓ = 1..L, with the network and inputs."""
+
+    layers: tuple[Statistics, ...]
+    network: Architecture | None = attrs.field(default=None, eq=False)
+    X: np.ndarray | None = attrs.field(default=None, eq=False)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Statistics]:
+        return iter(self.layers)
+
+    def layer(self, ell: int) -> Statistics:
+        """Statistics of layer ℓ in book numbering (1..L)."""
+        if not 1 <= ell <= len(self.layers):
+            raise ParameterError(f"The 'ell' parameter of Flow.layer must be in 1..{len(self.layers)}. Got {ell!r} instead.")
+        return self.layers[ell - 1]
+
+    @property
+    def output(self) -> Statistics:
+        return self.layers[-1]
+
+    def series(self, name: str) -> np.ndarray:
+        """Stack one field over depth, shape (L, ...)."""
+        return np.stack([getattr(s, name) for s in self.layers])
+
+    def to_npz(self, path) -> None:
+        """Save without pickle: arrays in an .npz, metadata as a JSON string."""
+        arrays = {}
+        meta = {"layers": []}
+        for s in self.layers:
+            meta["layers"].append({"layer": s.layer, "width": s.width, "fan_in": s.fan_in, "quadrature_error": s.quadrature_error})
+            for name in TENSOR_FIELDS:
+                x = getattr(s, name)
+                if x is not None:
+                    arrays[f"{s.layer}/{name}"] = x
+        if self.X is not None:
+            arrays["X"] = self.X
+        np.savez_compressed(path, __meta__=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def from_npz(cls, path) -> "Flow":
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            layers = []
+            for m in meta["layers"]:
+                fields = {name: data[f"{m['layer']}/{name}"] for name in TENSOR_FIELDS if f"{m['layer']}/{name}" in data}
+                layers.append(Statistics(**m, **fields))
+            X = data["X"] if "X" in data else None
+        return cls(tuple(layers), None, X)
+
+
+def validate_inputs(X, input_dim: int | None = None, name: str = "X", owner: str = "flow") -> np.ndarray:
+    """Inputs as a float64 (N, n_0) array, checked for shape and finiteness."""
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 1 and input_dim == 1:
+        X = X[:, None]
+    if X.ndim != 2 or X.shape[0] < 1:
+        raise ParameterError(f"The {name!r} parameter of {owner} must have shape (N, input_dim). Got shape {X.shape} instead.")
+    if input_dim is not None and X.shape[1] != input_dim:
+        raise ParameterError(
+            f"The {name!r} parameter of {owner} must have input_dim = {input_dim} columns. Got {X.shape[1]} instead."
+        )
+    if not np.all(np.isfinite(X)):
+        raise ParameterError(f"The {name!r} parameter of {owner} must be finite. Got non-finite entries instead.")
+    return X
+
+
+def flow(net: Architecture, X, *, order: str = "full") -> Flow:
+    """Per-layer statistics of ``net`` on inputs ``X`` (book ch. 4, 8, 11, ∞).
+
+    Parameters
+    ----------
+    net : Architecture
+        e.g. ``pdlt.MLP(...)``.
+    X : array_like, shape (N, input_dim)
+    order : {"full", "leading"}
+        "leading": K and Θ only (infinite width; cheap, O(L N²)).  "full": also V, G1, H1, A, B,
+        D, F (O(L N⁴)).
+
+    Returns
+    -------
+    Flow
+        ``flow.layer(ℓ)`` for ℓ = 1..L; ``flow[-1]`` is the output layer.
+
+    Examples
+    --------
+    >>> import pdlt, numpy as np
+    >>> net = pdlt.MLP(input_dim=1, hidden_widths=[64] * 2, activation=pdlt.activation("relu"), c_w=2.0)
+    >>> f = pdlt.flow(net, np.array([[1.0]]), order="leading")
+    >>> float(f[-1].K[0, 0])  # C_W = 2 is critical for ReLU: K^(ℓ) = K^(1) = C_W x²/n_0
+    2.0
+    """
+    if not isinstance(net, Architecture):
+        raise ParameterError(f"The 'net' parameter of flow must be an Architecture (e.g. pdlt.MLP). Got {net!r} instead.")
+    if order not in ("full", "leading"):
+        raise ParameterError(f"The 'order' parameter of flow must be 'full' or 'leading'. Got {order!r} instead.")
+    X = validate_inputs(X, net.input_dim)
+    stats = net.first_layer(X, order=order)
+    layers = [stats]
+    for ell in range(1, net.depth):
+        stats = net.next_layer(stats, ell, order=order)
+        layers.append(stats)
+    return Flow(tuple(layers), net, X)
