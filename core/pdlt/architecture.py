@@ -16,7 +16,7 @@ import attrs
 import numpy as np
 
 from .activation import Activation
-from .errors import ParameterError
+from .errors import NoCriticalityError, ParameterError
 
 __all__ = ["Architecture", "per_layer", "positive_int"]
 
@@ -146,12 +146,35 @@ class Architecture:
         """Statistics of layer 1 for inputs X (shape (N, n_0))."""
         raise NotImplementedError
 
-    def next_layer(self, stats, ell: int, *, order: str = "full"):  # pragma: no cover - interface
-        """Statistics of layer ℓ+1 from those of layer ℓ (``ell`` = ℓ, book numbering)."""
+    def next_layer(self, stats, ell: int, *, order: str = "full", rule=None):  # pragma: no cover - interface
+        """Statistics of layer ℓ+1 from those of layer ℓ (``ell`` = ℓ, book numbering).
+
+        ``rule`` is the :class:`pdlt.gaussian.QuadratureRule` for the Gaussian engine (None: default)."""
         raise NotImplementedError
 
-    def at_criticality(self) -> "Architecture":  # pragma: no cover - interface
-        raise NotImplementedError
+    def at_criticality(self) -> "Architecture":
+        """A copy with the critical initialization (C_b, C_W) of its activation in every layer.
+
+        Raises
+        ------
+        NoCriticalityError
+            The activation admits no critical initialization (e.g. sigmoid, softplus, z²).
+
+        Notes
+        -----
+        Book §5.2–§5.3; the classification is :func:`pdlt.criticality.criticality`.
+        Learning rates are left unchanged (see :func:`pdlt.criticality.learning_rate_schedule`).
+        """
+        from .criticality import criticality
+
+        report = criticality(self.activation)
+        if not report.is_critical:
+            raise NoCriticalityError(
+                f"{type(self).__name__} with activation {self.activation.describe()!r} has no critical "
+                f"initialization: {report.reason}. Choose an activation of a critical universality class "
+                "(scale-invariant, K*=0 or half-stable), e.g. 'relu', 'tanh' or 'gelu'."
+            )
+        return self.evolve(c_b=report.c_b, c_w=report.c_w)
 
     # ----------------------------------------------------------------- real networks
     def sample_forward(self, X: np.ndarray, size: int, rng: np.random.Generator, *, ntk: bool = True):  # pragma: no cover

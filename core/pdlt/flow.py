@@ -191,7 +191,7 @@ def validate_inputs(X, input_dim: int | None = None, name: str = "X", owner: str
     return X
 
 
-def flow(net: Architecture, X, *, order: str = "full") -> Flow:
+def flow(net: Architecture, X, *, order: str = "full", quadrature=None) -> Flow:
     """Per-layer statistics of ``net`` on inputs ``X`` (book ch. 4, 8, 11, ∞).
 
     Parameters
@@ -202,6 +202,9 @@ def flow(net: Architecture, X, *, order: str = "full") -> Flow:
     order : {"full", "leading"}
         "leading": K and Θ only (infinite width; cheap, O(L N²)).  "full": also V, G1, H1, A, B,
         D, F (O(L N⁴)).
+    quadrature : QuadratureRule or {"accurate", "fast"}, optional
+        Node counts of the Gaussian engine's quadrature fallback (default "accurate", see
+        docs/gaussian-engine.md); "fast" trades 3–4-dimensional accuracy (~1e-4) for speed.
 
     Returns
     -------
@@ -221,9 +224,24 @@ def flow(net: Architecture, X, *, order: str = "full") -> Flow:
     if order not in ("full", "leading"):
         raise ParameterError(f"The 'order' parameter of flow must be 'full' or 'leading'. Got {order!r} instead.")
     X = validate_inputs(X, net.input_dim)
+    rule = _rule(quadrature)
     stats = net.first_layer(X, order=order)
     layers = [stats]
     for ell in range(1, net.depth):
-        stats = net.next_layer(stats, ell, order=order)
+        stats = net.next_layer(stats, ell, order=order, rule=rule)
         layers.append(stats)
     return Flow(tuple(layers), net, X)
+
+
+def _rule(quadrature):
+    from .gaussian import QuadratureRule
+
+    if quadrature is None or quadrature == "accurate":
+        return None
+    if quadrature == "fast":
+        return QuadratureRule.fast()
+    if isinstance(quadrature, QuadratureRule):
+        return quadrature
+    raise ParameterError(
+        f"The 'quadrature' parameter of flow must be a QuadratureRule, 'accurate' or 'fast'. Got {quadrature!r} instead."
+    )

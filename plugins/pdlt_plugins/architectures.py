@@ -26,10 +26,10 @@ class MLP(Architecture):
 
         return mlp_recursions.first_layer(self, X, order)
 
-    def next_layer(self, stats, ell, *, order="full"):
+    def next_layer(self, stats, ell, *, order="full", rule=None):
         from . import mlp_recursions
 
-        return mlp_recursions.next_layer(self, stats, ell, order)
+        return mlp_recursions.next_layer(self, stats, ell, order, rule)
 
     def sample_forward(self, X, size, rng, *, ntk=True):
         from pdlt.networks import mlp_forward

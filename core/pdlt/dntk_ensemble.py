@@ -1,0 +1,493 @@
+"""Exact dNTK and ddNTK of real random MLPs, and Monte Carlo estimates of P, Q, R, S, T, U.
+
+The effective theory's dNTK/ddNTK statistics (book ch. 11, ∞; theory/training.md §0) are checked
+against ensembles of explicit networks.  This module computes, per network and batched over the
+ensemble, the exact differentials of the output layer along the *tangent vectors*
+v_J = λ ∇_θ z_J (theory/dntk.md §3, J = (i, δ) an output index):
+
+* Ĥ_{IJ} = Dz_I[v_J], dĤ_{I0I1I2} = D²z_{I0}[v_{I1}, v_{I2}], ddĤ^I_{I0I1I2I3} = D³z_{I0}[v_{I1}, v_{I2}, v_{I3}]
+  by forward-mode Taylor ("jet") arithmetic through the network, with the parameters moved
+  along the v's.  Every weight tangent is rank one, (λ_W/n) g ⊗ σ, so no n×n matrix per
+  direction is ever formed.
+* ddĤ^II_{I1I2I3I4} = (Hess z_{I1} v_{I3})ᵀ λ (Hess z_{I2} v_{I4}) by forward-over-reverse:
+  the tangent of the backward pass along v_J gives ∂_θ(Dz_I[v_J]) layer by layer, and its
+  λ-weighted inner products factorise into O(n) dot products (the weight gradient of a layer is a
+  sum of two outer products).  The same route gives dĤ a second time (a consistency check).
+
+No finite differences are used (tests cross-check against them on tiny networks).
+
+:func:`sample_dntk` turns these into estimates, with standard errors, of the output layer's
+P, Q, R, S, T, U in the normalisation of training.md §0 (multiplied by the fan-in n_{L−1}),
+each averaged over the ordered pairs a ≠ b of output neurons (theory/dntk.md §4.1).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import attrs
+import numpy as np
+
+from .ensemble import Estimate, _check_common, _chunk_plan, _PooledMoments
+from .errors import NumericalError, ParameterError
+from .networks import NetworkParameters, sample_parameters
+from .progress import Progress
+
+__all__ = ["OutputDifferentials", "output_differentials", "DntkStatistics", "sample_dntk", "DNTK_FIELDS"]
+
+DNTK_FIELDS = ("P", "Q", "R", "S", "T", "U")
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class OutputDifferentials:
+    """Exact differentials of the output z^(L) of an ensemble of networks (arrays not copied).
+
+    Flattened output indices I = (i, δ) ↦ i·N + δ (i over n_L outputs, δ over N inputs), M = n_L N.
+
+    Attributes
+    ----------
+    z : ndarray (size, n_L, N)
+        Outputs z_{i;δ}.
+    H : ndarray (size, M, M)
+        NTK Ĥ_{IJ}.
+    dH : ndarray (size, M, M, M)
+        dNTK dĤ_{I0 I1 I2} (symmetric in I1 ↔ I2).
+    ddH1 : ndarray (size, M, T) or None
+        ddNTK-I D³z_{I0}[v_{J1}, v_{J2}, v_{J3}] for the direction triples ``triples`` (T, 3).
+    triples : ndarray (T, 3) of int or None
+    ddH2 : ndarray (size, M, M, M, M) or None
+        ddNTK-II ddĤ^II_{I1 I2 I3 I4}.
+    dH_reverse : ndarray (size, M, M, M) or None
+        dĤ again, by forward-over-reverse (only when requested; equals ``dH`` to round-off).
+    """
+
+    z: np.ndarray
+    H: np.ndarray
+    dH: np.ndarray
+    ddH1: np.ndarray | None = None
+    triples: np.ndarray | None = None
+    ddH2: np.ndarray | None = None
+    dH_reverse: np.ndarray | None = None
+
+
+def _derivatives(act, z: np.ndarray, top: int) -> list[np.ndarray]:
+    """[σ, σ', …, σ^(top)] at z; kinked activations are refused (see :func:`output_differentials`)."""
+    if act.max_derivative < top:
+        raise NumericalError(
+            f"The 'activation' {act.name!r} has distributional derivatives of order > {act.max_derivative}; "
+            "the derivatives of a single network are then almost-everywhere derivatives that miss the kink's δ "
+            "terms, so their ensemble averages do not estimate the effective P, Q, R, S, T, U. Use a smooth "
+            "activation (e.g. a smoothed kink, σ_ε → σ) and extrapolate in ε (docs/dntk.md)."
+        )
+    return [np.asarray(act.derivative(z, d), dtype=float) for d in range(top + 1)]
+
+
+def _all_triples(n_out: int, N: int) -> np.ndarray:
+    """Direction triples ((a, δ1), (b, δ2), (b, δ3)) for every ordered pair a ≠ b: what R needs."""
+    rows = []
+    for a, b in itertools.permutations(range(n_out), 2):
+        for d1, d2, d3 in itertools.product(range(N), repeat=3):
+            rows.append((a * N + d1, b * N + d2, b * N + d3))
+    return np.asarray(rows, dtype=int).reshape(-1, 3)
+
+
+def output_differentials(
+    net,
+    params: NetworkParameters,
+    X,
+    *,
+    ddntk1: bool = True,
+    ddntk2: bool = True,
+    triples=None,
+    check_reverse: bool = False,
+) -> OutputDifferentials:
+    """Exact Ĥ, dĤ, ddĤ^I, ddĤ^II of the output layer of every network in ``params``.
+
+    Parameters
+    ----------
+    net : Architecture (MLP)
+        Widths, activation (needs σ', σ'', σ''' as ordinary functions) and per-layer λ_b, λ_W.
+    params : NetworkParameters
+        The ensemble (see :func:`pdlt.networks.sample_parameters`).
+    X : ndarray (N, n_0)
+        Inputs.
+    ddntk1, ddntk2 : bool
+        Compute ddĤ^I (third-order jets) and ddĤ^II (forward-over-reverse).
+    triples : array_like (T, 3) of int, optional
+        Direction triples (J1, J2, J3) for ddĤ^I; default: those R needs (all ((a,·),(b,·),(b,·)),
+        a ≠ b).
+    check_reverse : bool
+        Also compute dĤ by forward-over-reverse (``dH_reverse``).
+
+    Returns
+    -------
+    OutputDifferentials
+
+    Notes
+    -----
+    Conventions of training.md §0: learning-rate tensor λ_b^(ℓ) for biases and λ_W^(ℓ)/n_{ℓ−1}
+    for weights; v_J = λ∇_θ z_J.  Jet rules for a = σ(z) with z = z0 + Σ t_J Z1_J + … :
+    A1 = σ'Z1, A2 = σ'Z2 + σ''Z1Z1, A3 = σ'Z3 + σ''(Z1Z2 + Z1Z2 + Z1Z2) + σ'''Z1Z1Z1, and
+    through z' = b + W a with the parameters moved along the v's (tangents λ_b g, (λ_W/n) g ⊗ a).
+
+    Raises
+    ------
+    NumericalError
+        For kinked activations (σ'' a distribution): per-network a.e. derivatives do not
+        estimate the effective statistics.
+    """
+    widths = net.widths
+    X = np.asarray(X, dtype=float)
+    L = len(widths) - 1
+    act = net.activation
+    lam_b, lam_w = net.lambda_B, net.lambda_W
+    N = X.shape[0]
+    nL = widths[-1]
+    M = nL * N
+    Kd = M  # number of directions
+    S = params.size
+    dJ = np.tile(np.arange(N), nL)  # input of direction J = i·N + δ
+    iJ = np.repeat(np.arange(nL), N)
+    top = 3 if ddntk1 else 2
+    if L < 2:
+        raise ParameterError(f"The 'net' parameter of output_differentials must have depth L >= 2. Got L = {L} instead.")
+
+    # ---- forward pass: z^(ℓ), σ^(d)(z^(ℓ)) -----------------------------------------------------
+    Ws, bs = params.weights, params.biases
+    zs = [Ws[0] @ X.T + bs[0][:, :, None]]
+    ders = []
+    for ell in range(1, L):
+        d = _derivatives(act, zs[-1], top)
+        ders.append(d)
+        zs.append(Ws[ell] @ d[0] + bs[ell][:, :, None])
+    # ders[ℓ-1] = derivatives at layer ℓ (ℓ = 1..L−1); activations a^(ℓ) = ders[ℓ-1][0], a^(0) = x
+
+    # ---- backward pass: g^(ℓ)[s, k, δ, i] = ∂z^(L)_{i;δ}/∂z^(ℓ)_{k;δ} ---------------------------
+    g = [None] * (L + 1)
+    h = [None] * (L + 1)  # h^(ℓ) = W^(ℓ+1)ᵀ g^(ℓ+1), so g^(ℓ) = σ'(z^(ℓ)) h^(ℓ)
+    g[L] = np.broadcast_to(np.eye(nL)[None, :, None, :], (S, nL, N, nL))
+    for ell in range(L - 1, 0, -1):
+        n_next = widths[ell + 1]
+        WT = np.swapaxes(Ws[ell], 1, 2)  # (S, n_ℓ, n_{ℓ+1})
+        h[ell] = (WT @ np.ascontiguousarray(g[ell + 1]).reshape(S, n_next, N * nL)).reshape(S, widths[ell], N, nL)
+        g[ell] = ders[ell - 1][1][:, :, :, None] * h[ell]
+    # G^(ℓ)[s, k, J] = g^(ℓ)[s, k, δ_J, i_J]; A^(ℓ)[s, k, J] = a^(ℓ)[s, k, δ_J]
+    G = [None] + [g[ell][:, :, dJ, iJ] for ell in range(1, L + 1)]
+
+    # ---- forward jets along the v's --------------------------------------------------------
+    if triples is None:
+        triples = _all_triples(nL, N) if ddntk1 else np.zeros((0, 3), dtype=int)
+    triples = np.asarray(triples, dtype=int).reshape(-1, 3)
+    t1, t2, t3 = triples.T
+    T = len(triples)
+    theta1 = lam_b[0] + lam_w[0] * (X @ X.T) / widths[0]  # (N, N)
+    Z1 = G[1][:, :, None, :] * theta1[:, dJ][None, None]  # (S, n1, N, K)
+    Z2 = None
+    Z3 = None
+    A1s = [None]  # A1s[ℓ] = σ'(z^(ℓ)) Z1^(ℓ): the tangent of a^(ℓ), needed by ddĤ^II
+    Z1s = [None, Z1]
+    for ell in range(1, L):
+        a, s1 = ders[ell - 1][0], ders[ell - 1][1]
+        s2 = ders[ell - 1][2]
+        n, m = widths[ell], widths[ell + 1]
+        W = Ws[ell]
+        Gn = G[ell + 1]  # (S, m, K)
+        Aell = a[:, :, dJ]  # (S, n, K)
+        c = lam_w[ell] / n
+        A1 = s1[..., None] * Z1
+        A2 = s2[..., None, None] * Z1[..., :, None] * Z1[..., None, :]
+        if Z2 is not None:
+            A2 = A2 + s1[..., None, None] * Z2
+        A1s.append(A1)
+        # Z1' = G'(λ_b + c a_{δ_J}·a_δ) + W A1
+        ip1 = np.einsum("snK,snd->sdK", Aell, a)
+        Z1n = Gn[:, :, None, :] * (lam_b[ell] + c * ip1)[:, None] + (W @ A1.reshape(S, n, N * Kd)).reshape(S, m, N, Kd)
+        # Z2' = W A2 + c (G'_{J1} a_{δ_J1}·A1_{δ,J2} + (J1 ↔ J2))
+        ip2 = np.einsum("snJ,sndL->sdJL", Aell, A1)  # (S, N, K, K)
+        Z2n = (W @ A2.reshape(S, n, N * Kd * Kd)).reshape(S, m, N, Kd, Kd)
+        cross = c * Gn[:, :, None, :, None] * ip2[:, None]
+        Z2n = Z2n + cross + np.swapaxes(cross, -1, -2)
+        if T:
+            s3 = ders[ell - 1][3]
+            A3 = s3[..., None] * Z1[..., t1] * Z1[..., t2] * Z1[..., t3]
+            if Z2 is not None:
+                A3 = A3 + s2[..., None] * (Z1[..., t1] * Z2[..., t2, t3] + Z1[..., t2] * Z2[..., t1, t3] + Z1[..., t3] * Z2[..., t1, t2])
+            if Z3 is not None:
+                A3 = A3 + s1[..., None] * Z3
+            Z3n = (W @ A3.reshape(S, n, N * T)).reshape(S, m, N, T)
+            # c Σ_{3 terms} G'_{J1} (a_{δ_J1} · A2_{δ, J2 J3})
+            for p, q, u in ((t1, t2, t3), (t2, t1, t3), (t3, t1, t2)):
+                ip3 = np.einsum("snT,sndT->sdT", Aell[:, :, p], A2[:, :, :, q, u])
+                Z3n = Z3n + c * Gn[:, :, None, p] * ip3[:, None]
+            Z3 = Z3n
+        Z1, Z2 = Z1n, Z2n
+        Z1s.append(Z1)
+
+    z_out = zs[-1]
+    H = Z1.transpose(0, 1, 2, 3).reshape(S, M, Kd)  # rows I = i·N + δ
+    dH = Z2.reshape(S, M, Kd, Kd)
+    ddH1 = Z3.reshape(S, M, T) if T else None
+
+    ddH2 = None
+    dH_rev = None
+    if ddntk2 or check_reverse:
+        ddH2, dH_rev = _forward_over_reverse(widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, dJ, N, nL, ddntk2, check_reverse)
+    return OutputDifferentials(z=z_out, H=H, dH=dH, ddH1=ddH1, triples=triples if T else None, ddH2=ddH2, dH_reverse=dH_rev)
+
+
+def _forward_over_reverse(widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, dJ, N, nL, want_dd2, want_dh):
+    """ddĤ^II (and dĤ) from the tangent of the backward pass along every v_J.
+
+    ∂_b f_{I,J} = ġ_{I,J}, ∂_{W_kj} f_{I,J} = ġ_{I,J}[k] a_I[j] + g_I[k] ȧ_{I,J}[j] for f_{I,J} = Dz_I[v_J],
+    so Σ_μ λ_μ ∂_μ f ∂_μ f' is a sum of products of O(n) dot products (no parameter vectors).
+    """
+    L = len(widths) - 1
+    S = Ws[0].shape[0]
+    M = nL * N
+    Kd = M
+    # gdot^(ℓ)[s, k, δ, i, J]: tangent of g^(ℓ) along v_J
+    gdot = [None] * (L + 1)
+    gdot[L] = None  # g^(L) = identity does not depend on θ
+    for ell in range(L - 1, 0, -1):
+        n_next = widths[ell + 1]
+        c = lam_w[ell] / widths[ell]
+        s1, s2 = ders[ell - 1][1], ders[ell - 1][2]
+        a = ders[ell - 1][0]
+        # dW_Jᵀ g^(ℓ+1): c a_{δ_J}[k] (G^(ℓ+1)_J · g^(ℓ+1)_{δ,i})
+        ipg = np.einsum("smJ,smdi->sdiJ", G[ell + 1], g[ell + 1])  # (S, N, nL, K)
+        inner = c * a[:, :, dJ][:, :, None, None, :] * ipg[:, None]  # (S, n, N, nL, K)
+        if gdot[ell + 1] is not None:
+            WT = np.swapaxes(Ws[ell], 1, 2)
+            inner = inner + (WT @ gdot[ell + 1].reshape(S, n_next, N * nL * Kd)).reshape(S, widths[ell], N, nL, Kd)
+        gdot[ell] = s2[:, :, :, None, None] * Z1s[ell][:, :, :, None, :] * h[ell][..., None] + s1[:, :, :, None, None] * inner
+
+    def flat_I(x):  # (S, n, N, nL, ...) → (S, n, M, ...) with I = i·N + δ
+        sh = x.shape
+        return np.swapaxes(x, 2, 3).reshape((sh[0], sh[1], M) + sh[4:])
+
+    dd2 = np.zeros((S, M, M, Kd, Kd)) if want_dd2 else None
+    dh = np.zeros((S, M, M, Kd)) if want_dh else None
+    dI = np.tile(np.arange(N), nL)  # input of output index I
+    for ell in range(1, L + 1):
+        c = lam_w[ell - 1] / widths[ell - 1]
+        lb = lam_b[ell - 1]
+        gI = flat_I(np.asarray(g[ell]))  # (S, n, M)
+        if ell == 1:
+            aI = np.broadcast_to(X.T[None][:, :, dI], (S, widths[0], M))
+            adI = None
+        else:
+            aI = ders[ell - 2][0][:, :, dI]  # a^(ℓ−1) at the input of I
+            adI = A1s[ell - 1][:, :, dI, :]  # (S, n_{ℓ−1}, M, K)
+        aa = np.einsum("sjM,sjH->sMH", aI, aI)
+        gg = np.einsum("skM,skH->sMH", gI, gI)
+        gd = None if gdot[ell] is None else flat_I(gdot[ell])  # (S, n, M, K)
+        if want_dd2:
+            if gd is not None:
+                n = gd.shape[1]
+                gdf = gd.reshape(S, n, M * Kd)
+                gdgd = (np.swapaxes(gdf, 1, 2) @ gdf).reshape(S, M, Kd, M, Kd).transpose(0, 1, 3, 2, 4)  # [I1,I2,J3,J4]
+                dd2 += (lb + c * aa[:, :, :, None, None]) * gdgd
+                if adI is not None:
+                    gdg = np.einsum("skMJ,skH->sMJH", gd, gI)  # ġ_{I1J3}·g_{I2}
+                    a_ad = np.einsum("sjM,sjHL->sMHL", aI, adI)  # a_{I1}·ȧ_{I2J4}
+                    dd2 += c * gdg.transpose(0, 1, 3, 2)[..., None] * a_ad[:, :, :, None, :]
+                    gI_gd = np.einsum("skM,skHL->sMHL", gI, gd)  # g_{I1}·ġ_{I2J4}  [I1, I2, J4]
+                    ad_a = np.einsum("sjMJ,sjH->sMHJ", adI, aI)  # ȧ_{I1J3}·a_{I2}  [I1, I2, J3]
+                    dd2 += c * gI_gd[:, :, :, None, :] * ad_a[:, :, :, :, None]
+            if adI is not None:
+                adf = adI.reshape(S, adI.shape[1], M * Kd)
+                adad = (np.swapaxes(adf, 1, 2) @ adf).reshape(S, M, Kd, M, Kd).transpose(0, 1, 3, 2, 4)
+                dd2 += c * gg[:, :, :, None, None] * adad
+        if want_dh:
+            # dĤ_{I0 I1 I2} = Σ_μ λ_μ ∂_μ f_{I0,I1} ∂_μ z_{I2}
+            if gd is not None:
+                gd_g = np.einsum("skMJ,skH->sMJH", gd, gI)  # ġ_{I0,I1}·g_{I2}: [I0, J1, I2]
+                dh += (lb + c * aa[:, :, None, :]) * gd_g
+            if adI is not None:
+                ad_a = np.einsum("sjMJ,sjH->sMJH", adI, aI)  # ȧ_{I0,J1}·a_{I2}
+                dh += c * gg[:, :, None, :] * ad_a
+    return dd2, dh
+
+
+# ---------------------------------------------------------------------------------------------
+# estimators
+
+
+def _pairs_sum(Y: np.ndarray) -> np.ndarray:
+    """Σ_{a≠b} Y[:, a, b, ...] for Y of shape (S, n, n, ...)."""
+    n = Y.shape[1]
+    ar = np.arange(n)
+    return Y.sum(axis=(1, 2)) - Y[:, ar, ar].sum(axis=1)
+
+
+def per_network_estimates(od: OutputDifferentials, fan_in: int) -> dict[str, np.ndarray]:
+    """Per-network values whose ensemble means are P, Q, R, S, T, U (theory/dntk.md §4.1).
+
+    Each is n_{L−1} × (average over the ordered pairs a ≠ b of output neurons) of
+
+    * P_0123: dĤ_{(a,0)(b,1)(b,2)} z_{(a,3)};  Q_0123: dĤ_{(a,0)(a,1)(b,2)} z_{(b,3)};
+    * R_0123: ddĤ^I_{(a,0)(a,1)(b,2)(b,3)};
+    * S_1234: ddĤ^II_{(a,1)(a,2)(b,3)(b,4)};  T_1342: ddĤ^II_{(a,1)(b,2)(a,3)(b,4)};
+      U_1423: ddĤ^II_{(a,1)(b,2)(b,3)(a,4)} —
+
+    returned as arrays (size, N, N, N, N) in the storage order of pdlt (T[α1, α3, α4, α2],
+    U[α1, α4, α2, α3]).  Requires ``od`` from :func:`output_differentials` with the default
+    triples; n_L >= 2.
+    """
+    S, nL, N = od.z.shape
+    if nL < 2:
+        raise ParameterError(f"The output layer must have n_L >= 2 neurons for cross-neuron estimators. Got n_L = {nL} instead.")
+    npairs = nL * (nL - 1)
+    scale = fan_in / npairs
+    z = od.z
+    dH6 = od.dH.reshape(S, nL, N, nL, N, nL, N)
+    out = {}
+    Y = np.einsum("sadbebf->sabdef", dH6)
+    out["P"] = scale * (np.einsum("sabdef,sag->sdefg", Y, z) - np.einsum("saadef,sag->sdefg", Y, z))
+    Y = np.einsum("sadaebf->sabdef", dH6)
+    out["Q"] = scale * (np.einsum("sabdef,sbg->sdefg", Y, z) - np.einsum("saadef,sag->sdefg", Y, z))
+    if od.ddH1 is not None:
+        expected = _all_triples(nL, N)
+        if od.triples.shape != expected.shape or not np.array_equal(od.triples, expected):
+            raise ParameterError("The R estimator needs ddĤ^I on the default direction triples (triples=None).")
+        d1 = od.ddH1.reshape(S, nL, N, npairs, N, N, N)
+        a_of_pair = np.array([a for a, b in itertools.permutations(range(nL), 2)])
+        out["R"] = fan_in * d1[:, a_of_pair, :, np.arange(npairs)].mean(axis=0)  # (S, N, N, N, N)
+    if od.ddH2 is not None:
+        d2 = od.ddH2.reshape(S, nL, N, nL, N, nL, N, nL, N)
+        out["S"] = scale * _pairs_sum(np.einsum("sawaxbybz->sabwxyz", d2))
+        Tx = scale * _pairs_sum(np.einsum("sawbxaybz->sabwxyz", d2))  # [α1, α2, α3, α4]
+        out["T"] = np.einsum("sabcd->sacdb", Tx)
+        Ux = scale * _pairs_sum(np.einsum("sawbxbyaz->sabwxyz", d2))
+        out["U"] = np.einsum("sabcd->sadbc", Ux)
+    return out
+
+
+def _bytes_per_network(widths, N: int) -> int:
+    n = np.asarray(widths[1:], dtype=np.int64)
+    fan = np.asarray(widths[:-1], dtype=np.int64)
+    nL = int(widths[-1])
+    K = nL * N
+    T = nL * (nL - 1) * N**3
+    per_neuron = N * (8 + 4 * K + 4 * K * K + 4 * T + 4 * nL * K)
+    floats = int((n * fan + n).sum() + (n * per_neuron).sum() + 6 * K**4 + 6 * 7 * N**4)
+    return 8 * floats
+
+
+@attrs.frozen(kw_only=True)
+class DntkStatistics:
+    """Monte Carlo estimates of the output layer's P, Q, R, S, T, U (from :func:`sample_dntk`).
+
+    Attributes
+    ----------
+    widths : tuple of int
+        n_0, …, n_L of the sampled networks.
+    size, seed, n_batches : int
+        Number of networks, root seed, number of independently seeded chunks.
+    X : ndarray (N, n_0)
+    fan_in : int
+        n_{L−1}: the estimates are n_{L−1} × E[…] (training.md §0 normalisation).
+    P, Q, R, S, T, U : Estimate
+        Mean and standard error, shape (N,)*4, in pdlt's storage order (P_0123, Q_0123, R_0123,
+        S_1234, T[α1, α3, α4, α2] = T_1342, U[α1, α4, α2, α3] = U_1423).
+    """
+
+    widths: tuple[int, ...] = attrs.field(converter=lambda w: tuple(int(v) for v in w))
+    size: int
+    seed: int
+    n_batches: int
+    X: np.ndarray = attrs.field(eq=False)
+    fan_in: int
+    P: Estimate
+    Q: Estimate
+    R: Estimate
+    S: Estimate
+    T: Estimate
+    U: Estimate
+
+    def __getitem__(self, name: str) -> Estimate:
+        if name not in DNTK_FIELDS:
+            raise ParameterError(f"The 'name' parameter of DntkStatistics must be one of {DNTK_FIELDS}. Got {name!r} instead.")
+        return getattr(self, name)
+
+
+def sample_dntk(
+    net,
+    X,
+    size: int,
+    seed: int = 0,
+    *,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+    max_memory_mb: float = 256,
+) -> DntkStatistics:
+    """Estimate the output layer's P, Q, R, S, T, U from ``size`` real random MLPs.
+
+    Parameters
+    ----------
+    net : Architecture (MLP)
+        Depth L >= 2, n_L >= 2 outputs, a smooth activation (σ''' an ordinary function).
+    X : array_like, shape (N, n_0)
+        Inputs; cost grows like N⁴ (ddĤ^II) and N³ (ddĤ^I jets).
+    size : int
+        Number of networks (>= 2).
+    seed : int
+        Root seed; chunk c draws its parameters (in the order of
+        :func:`pdlt.networks.sample_parameters`) from ``default_rng(SeedSequence(seed).spawn(n)[c])``.
+    chunk_size : int, optional
+        Upper bound on networks per chunk; at least ``min(MIN_BATCHES, size)`` chunks are used.
+    progress : bool or None
+        Progress line on stderr (None: only on a TTY).
+    max_memory_mb : float
+        Approximate working memory per chunk.
+
+    Returns
+    -------
+    DntkStatistics
+
+    Notes
+    -----
+    Estimators of theory/dntk.md §4.1 (see :func:`per_network_estimates`).  Each network
+    contributes one value per component (an average over its output-neuron pairs); networks are
+    independent, so the standard error is the standard deviation over networks / sqrt(size)
+    (merged chunk by chunk without cancellation).  No mean subtraction is needed: E[dĤ] = E[z] = 0
+    and the ddNTK means are the statistics themselves.  The chunk plan depends only on the
+    arguments and the network shape, so equal arguments give bit-identical results.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pdlt_plugins.activations import Tanh
+    >>> from pdlt_plugins.architectures import MLP
+    >>> net = MLP(input_dim=2, hidden_widths=(8, 8), output_dim=2, activation=Tanh())
+    >>> st = sample_dntk(net, np.array([[1.0, 0.0], [0.6, 0.8]]), 200, seed=0)
+    >>> st.T.mean.shape, st.fan_in
+    ((2, 2, 2, 2), 8)
+    """
+    X, size, seed = _check_common(net, X, size, seed, chunk_size, max_memory_mb, "sample_dntk")
+    widths = net.widths
+    if len(widths) < 3 or widths[-1] < 2:
+        raise ParameterError(
+            f"The 'net' parameter of sample_dntk must have depth L >= 2 and n_L >= 2 outputs. Got widths {widths} instead."
+        )
+    _derivatives(net.activation, np.zeros(1), 3)  # refuse kinked activations before sampling
+    plan = _chunk_plan(size, _bytes_per_network(widths, X.shape[0]), chunk_size, max_memory_mb)
+    seeds = np.random.SeedSequence(seed).spawn(len(plan))
+    acc = {name: _PooledMoments() for name in DNTK_FIELDS}
+    fan_in = widths[-2]
+    with Progress(size, label="dntk", unit="networks", enabled=progress) as bar:
+        for m, ss in zip(plan, seeds):
+            params = sample_parameters(net, m, np.random.default_rng(ss))
+            od = output_differentials(net, params, X)
+            for name, vals in per_network_estimates(od, fan_in).items():
+                acc[name].add(vals)
+            bar.update(m)
+    return DntkStatistics(
+        widths=widths,
+        size=size,
+        seed=seed,
+        n_batches=len(plan),
+        X=X,
+        fan_in=fan_in,
+        **{name: a.estimate() for name, a in acc.items()},
+    )
