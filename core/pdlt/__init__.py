@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import errors
+from . import ensemble, errors
 from .activation import Activation
 from .architecture import Architecture
 from .errors import (
@@ -26,6 +26,8 @@ from .errors import (
     RegimeWarning,
     UnknownNameError,
 )
+from .criticality import CriticalityReport, learning_rate_schedule, susceptibilities
+from .criticality import criticality as criticality  # the function shadows the module name on purpose
 from .flow import Flow, Statistics
 from .flow import flow as flow  # the function shadows the module name on purpose (pdlt.flow(net, X))
 from .gaussian import expect
@@ -40,6 +42,11 @@ __all__ = [
     "architecture",
     "flow",
     "Flow",
+    "criticality",
+    "CriticalityReport",
+    "learning_rate_schedule",
+    "susceptibilities",
+    "ensemble",
     "Statistics",
     "expect",
     "get_plugin_manager",

@@ -16,6 +16,7 @@ import attrs
 import numpy as np
 
 from .activation import Activation
+from .criticality import criticality
 from .errors import NoCriticalityError, ParameterError
 
 __all__ = ["Architecture", "per_layer", "positive_int"]
@@ -165,8 +166,6 @@ class Architecture:
         Book §5.2–§5.3; the classification is :func:`pdlt.criticality.criticality`.
         Learning rates are left unchanged (see :func:`pdlt.criticality.learning_rate_schedule`).
         """
-        from .criticality import criticality
-
         report = criticality(self.activation)
         if not report.is_critical:
             raise NoCriticalityError(

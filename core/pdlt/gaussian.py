@@ -266,7 +266,9 @@ def _expand_distributional(activation: Activation, orders, ins, labels):
     bracket is the next Hermite polynomial H_{e+1_v}.
     Returns a list of (coef, orders, e) with e indexed by variable.
     """
-    maxd = activation.max_derivative
+    # smooth σ: derivatives beyond the analytic ones are taken by finite differences
+    # (_derivative), which also works on singular blocks where integration by parts cannot
+    maxd = 10**9 if not activation.kinks else activation.max_derivative
     m = max(labels) + 1
     e0 = [0] * m
     for s, c in enumerate(ins):
@@ -365,6 +367,28 @@ def _feature_points(activation: Activation, offsets: np.ndarray) -> np.ndarray:
     hard = set(activation.kinks)
     out = {p + width * o for p in pts for o in offsets} | hard
     return np.asarray(sorted(out))
+
+
+# 8th-order central differences of the highest analytic derivative
+_FD_H = 2e-2
+_FD_COEF = np.array([1 / 280, -4 / 105, 1 / 5, -4 / 5, 0.0, 4 / 5, -1 / 5, 4 / 105, -1 / 280])
+
+
+def _derivative(activation: Activation, z: np.ndarray, d: int) -> np.ndarray:
+    """σ^(d)(z); above ``max_derivative`` (smooth σ only) by repeated 8th-order central differences."""
+    top = activation.max_derivative
+    if d <= top:
+        return activation.derivative(z, d)
+    if d - top > 2:
+        raise NumericalError(f"{activation.name}: derivative of order {d} requested, only {top} available.")
+
+    def diff(f, x):
+        return sum(c * f(x + (k - 4) * _FD_H) for k, c in enumerate(_FD_COEF) if c) / _FD_H
+
+    f = lambda x: activation.derivative(x, top)  # noqa: E731
+    for _ in range(d - top):
+        f = (lambda g: (lambda x: diff(g, x)))(f)
+    return f(z)
 
 
 def _feature_centers(activation: Activation) -> tuple[np.ndarray, np.ndarray]:
@@ -478,7 +502,7 @@ def _nested(activation, factors, e, L, Kinv, nodes, feats, centers, max_nodes):
         f = weight
         for v in range(m):
             for d in factors[v]:
-                f = f * activation.derivative(zs[v], d)
+                f = f * _derivative(activation, zs[v], d)
         if any(e):
             P = Kinv[sl]
             shp = (b,) + (1,) * m

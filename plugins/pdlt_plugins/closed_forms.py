@@ -47,13 +47,17 @@ def _scale_invariant(slopes, orders, K):
     if k != 2:
         return None
     s1, s2, rho = _rho(K)
-    psi = np.arccos(rho)
+    # ψ from atan2 (not arccos): accurate for nearly coinciding inputs; exactly 0 when they coincide
+    det = np.maximum(K[:, 0, 0] * K[:, 1, 1] - K[:, 0, 1] ** 2, 0.0)
+    coincide = np.abs(K[:, 0, 0] + K[:, 1, 1] - 2 * K[:, 0, 1]) <= 1e-13 * np.maximum(np.maximum(K[:, 0, 0], K[:, 1, 1]), 1e-300)
+    det = np.where(coincide, 0.0, det)
+    psi = np.where(s1 * s2 > 0, np.arctan2(np.sqrt(det), K[:, 0, 1]), np.pi / 2)
+    sin_psi = np.where(s1 * s2 > 0, np.sqrt(det) / np.where(s1 * s2 > 0, s1 * s2, 1.0), 1.0)
     if orders == (0, 0):
-        def J(c):
-            p = np.arccos(c)
-            return s1 * s2 / (2 * np.pi) * (np.sin(p) + (np.pi - p) * c)
-
-        return (ap**2 + am**2) * J(rho) - 2 * ap * am * J(-rho)
+        # J(ρ) = √(K11K22)/2π (sin ψ + (π−ψ) cos ψ); J(−ρ) has ψ → π − ψ
+        J_plus = s1 * s2 / (2 * np.pi) * (sin_psi + (np.pi - psi) * rho)
+        J_minus = s1 * s2 / (2 * np.pi) * (sin_psi - psi * rho)
+        return (ap**2 + am**2) * J_plus - 2 * ap * am * J_minus
     if orders == (1, 1):
         return (ap**2 + am**2) * (np.pi - psi) / (2 * np.pi) + 2 * ap * am * psi / (2 * np.pi)
     if orders in ((0, 1), (1, 0)):

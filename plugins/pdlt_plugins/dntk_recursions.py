@@ -122,7 +122,14 @@ class _Expectations:
         """⟨Π_s σ^(o_s)(z_{a_s})⟩ for every index tuple (a_s), with ``insert_first`` derivatives of
         the whole product on the variable of slot 0 (``mask``: tuples to evaluate, others NaN)."""
         k = len(orders)
-        tuples = all_index_tuples(self.N, k)
+        full = all_index_tuples(self.N, k)
+        # one representative per set of tuples related by permuting slots of equal order
+        canon = full.copy()
+        for d in set(orders):
+            same = [s for s, o in enumerate(orders) if o == d and not (insert_first and s == 0)]
+            if len(same) > 1:
+                canon[:, same] = np.sort(canon[:, same], axis=1)
+        tuples, inverse = np.unique(canon, axis=0, return_inverse=True)
         out = np.full(len(tuples), np.nan)
         groups: dict[tuple[int, ...], list[int]] = {}
         for row, tup in enumerate(tuples):
@@ -164,7 +171,7 @@ class _Expectations:
                 continue
             self.E._record(np.atleast_1d(vals), np.atleast_1d(errs))
             out[rows] = coef * np.atleast_1d(vals)
-        return out.reshape((self.N,) * k)
+        return out[inverse.ravel()].reshape((self.N,) * k)
 
     def _ordinary(self, *orders) -> bool:
         return max(orders) <= self.maxd
@@ -236,11 +243,11 @@ def _insert_last(X: np.ndarray, uw) -> np.ndarray:
     return u[None, None] * X[:, :, ar, ar][:, :, :, None] + w[None, None] * X
 
 
-def _f_next(Ex: _Expectations, s: Statistics, C: float) -> np.ndarray:
+def _f_next(Ex: _Expectations, s: Statistics, F: np.ndarray, C: float) -> np.ndarray:
     """F^(ℓ+1)_pqrs = C²[Θ_pr⟨σ'_pσ_qσ'_rσ_s⟩ + r Σ F_perg⟨∂_e(σ'_pσ_q)⟩⟨∂_g(σ'_rσ_s)⟩] (init.md §5)."""
     r = s.width / s.fan_in
     Th = s.Theta
-    return C**2 * (Th[:, None, :, None] * Ex.quad((1, 0, 1, 0)) + r * first_derivative_terms(s.F, *Ex.first(1, 0)))
+    return C**2 * (Th[:, None, :, None] * Ex.quad((1, 0, 1, 0)) + r * first_derivative_terms(F, *Ex.first(1, 0)))
 
 
 def dntk_step(
@@ -320,7 +327,7 @@ def dntk_step(
     P_new = first_PQ + r * C**2 * pr(S11, "1", "2") * (B0012 * pr(S20, "0", "3") + _p_insert(P, uw10))
 
     if F_next is None:
-        F_next = _f_next(Ex, s, C)
+        F_next = _f_next(Ex, s, F, C)
     Q_new = (lw / C) * np.asarray(F_next) + first_PQ + r * C**2 * (
         pr(S11, "0", "1") * _insert_last(Q, uw10) + th("0", "1") * _first_terms(F, uw21, uw10)
     )
@@ -437,7 +444,17 @@ def dntk_flow(net, X, *, undefined: str = "raise", rule=None) -> Flow:
     """
     import pdlt
 
-    base = pdlt.flow(net, X)
+    if rule is None:
+        base = pdlt.flow(net, X)
+    else:  # the MLP step with the same quadrature rule
+        from . import mlp_recursions
+        from pdlt.flow import validate_inputs
+
+        X = validate_inputs(X, net.input_dim, owner="dntk_flow")
+        stats = [mlp_recursions.first_layer(net, X, "full")]
+        for ell in range(1, net.depth):
+            stats.append(mlp_recursions.next_layer(net, stats[-1], ell, "full", rule))
+        base = Flow(tuple(stats), net, X)
     N = base[0].K.shape[0]
     layers = [attrs.evolve(base[0], **first_layer_dntk(N))]
     for ell in range(1, len(base)):
