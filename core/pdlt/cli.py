@@ -395,7 +395,13 @@ def _inputs(opts) -> tuple[np.ndarray, str]:
     if isinstance(opts.inputs, list):
         from .flow import validate_inputs
 
-        return validate_inputs(opts.inputs, name="inputs", owner="the config file"), "inputs from the config file"
+        try:
+            X = np.array(opts.inputs, dtype=float)
+        except (TypeError, ValueError):
+            raise ParameterError(
+                "The 'inputs' option of the config file must be a file path or a list of equal-length rows of numbers."
+            ) from None
+        return validate_inputs(X, name="inputs", owner="the config file"), "inputs from the config file"
     X = data.load(opts.inputs)
     return X, f"inputs from {opts.inputs}"
 
@@ -798,7 +804,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     print(_table(_COMPARE_HEADER, _comparison_rows(comps, N, names=names, components=pick)))
     print("max |z| over all components: "
           + ", ".join(f"{_SYMBOL.get(c['name'], c['name'])} {_max_abs_z(c):.2f}" for c in comps if c["name"] in names))
-    print(f"(flow {t_flow:.2f} s, ensemble {t_ens:.2f} s; more: pdlt compare --size 100000)")
+    print(f"(flow {t_flow:.2f} s, ensemble {t_ens:.2f} s; all of K, Θ, V, A, B, D, F: `pdlt compare`)")
     return 0
 
 

@@ -89,7 +89,8 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r} has a hook without a specification: {exc}") from exc
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(f"plugin {name!r} has a hook without a specification: {exc}") from exc
     return pm
 
 

@@ -248,6 +248,8 @@ def test_json_config_and_command_line_wins(tmp_path, capsys):
         ("type.json", '{"depth": "deep"}', "'depth'.*positive integer"),
         ("size.json", '{"size": 10}', "unknown option 'size' for `pdlt flow`"),
         ("c.yaml", "depth: 3", ".toml or .json"),
+        ("rows.json", '{"inputs": [[1, "a"], [2]]}', "equal-length rows"),
+        ("nan.json", '{"inputs": [[1, 0], [0, 1e999]]}', "finite"),
     ],
 )
 def test_bad_config(tmp_path, capsys, name, content, match):
