@@ -70,6 +70,27 @@ class OutputDifferentials:
     dH_reverse: np.ndarray | None = None
 
 
+#: OpenBLAS runs a GEMM with m·n·k below this single-threaded (SMP_THRESHOLD_MIN × the default
+#: GEMM_MULTITHREAD_THRESHOLD).  The per-network products here are small and come in long
+#: stacks separated by elementwise work; waking BLAS threads for each of them was measured to
+#: cost 10–100× the arithmetic on a 2-core machine (n = 64: 36 vs 490 networks/s), so the
+#: stacks are cut into column blocks that stay below the threshold.
+_GEMM_SINGLE_THREAD = 262_144
+
+
+def _stacked_matmul(W: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """W @ A for stacks W (S, m, n), A (S, n, c), in column blocks below the BLAS threading size."""
+    m, n = W.shape[-2:]
+    c = A.shape[-1]
+    block = max(1, _GEMM_SINGLE_THREAD // max(m * n, 1) - 1)
+    if c <= block:
+        return W @ A
+    out = np.empty(W.shape[:-1] + (c,))
+    for start in range(0, c, block):
+        out[..., start : start + block] = W @ A[..., start : start + block]
+    return out
+
+
 def _derivatives(act, z: np.ndarray, top: int) -> list[np.ndarray]:
     """[σ, σ', …, σ^(top)] at z; kinked activations are refused (see :func:`output_differentials`)."""
     if act.max_derivative < top:
@@ -159,7 +180,7 @@ def output_differentials(
     for ell in range(1, L):
         d = _derivatives(act, zs[-1], top)
         ders.append(d)
-        zs.append(Ws[ell] @ d[0] + bs[ell][:, :, None])
+        zs.append(_stacked_matmul(Ws[ell], d[0]) + bs[ell][:, :, None])
     # ders[ℓ-1] = derivatives at layer ℓ (ℓ = 1..L−1); activations a^(ℓ) = ders[ℓ-1][0], a^(0) = x
 
     # ---- backward pass: g^(ℓ)[s, k, δ, i] = ∂z^(L)_{i;δ}/∂z^(ℓ)_{k;δ} ---------------------------
@@ -169,7 +190,7 @@ def output_differentials(
     for ell in range(L - 1, 0, -1):
         n_next = widths[ell + 1]
         WT = np.swapaxes(Ws[ell], 1, 2)  # (S, n_ℓ, n_{ℓ+1})
-        h[ell] = (WT @ np.ascontiguousarray(g[ell + 1]).reshape(S, n_next, N * nL)).reshape(S, widths[ell], N, nL)
+        h[ell] = _stacked_matmul(WT, np.ascontiguousarray(g[ell + 1]).reshape(S, n_next, N * nL)).reshape(S, widths[ell], N, nL)
         g[ell] = ders[ell - 1][1][:, :, :, None] * h[ell]
     # G^(ℓ)[s, k, J] = g^(ℓ)[s, k, δ_J, i_J]; A^(ℓ)[s, k, J] = a^(ℓ)[s, k, δ_J]
     G = [None] + [g[ell][:, :, dJ, iJ] for ell in range(1, L + 1)]
@@ -201,10 +222,10 @@ def output_differentials(
         A1s.append(A1)
         # Z1' = G'(λ_b + c a_{δ_J}·a_δ) + W A1
         ip1 = np.einsum("snK,snd->sdK", Aell, a)
-        Z1n = Gn[:, :, None, :] * (lam_b[ell] + c * ip1)[:, None] + (W @ A1.reshape(S, n, N * Kd)).reshape(S, m, N, Kd)
+        Z1n = Gn[:, :, None, :] * (lam_b[ell] + c * ip1)[:, None] + _stacked_matmul(W, A1.reshape(S, n, N * Kd)).reshape(S, m, N, Kd)
         # Z2' = W A2 + c (G'_{J1} a_{δ_J1}·A1_{δ,J2} + (J1 ↔ J2))
         ip2 = np.einsum("snJ,sndL->sdJL", Aell, A1)  # (S, N, K, K)
-        Z2n = (W @ A2.reshape(S, n, N * Kd * Kd)).reshape(S, m, N, Kd, Kd)
+        Z2n = _stacked_matmul(W, A2.reshape(S, n, N * Kd * Kd)).reshape(S, m, N, Kd, Kd)
         cross = c * Gn[:, :, None, :, None] * ip2[:, None]
         Z2n = Z2n + cross + np.swapaxes(cross, -1, -2)
         if T:
@@ -214,7 +235,7 @@ def output_differentials(
                 A3 = A3 + s2[..., None] * (Z1[..., t1] * Z2[..., t2, t3] + Z1[..., t2] * Z2[..., t1, t3] + Z1[..., t3] * Z2[..., t1, t2])
             if Z3 is not None:
                 A3 = A3 + s1[..., None] * Z3
-            Z3n = (W @ A3.reshape(S, n, N * T)).reshape(S, m, N, T)
+            Z3n = _stacked_matmul(W, A3.reshape(S, n, N * T)).reshape(S, m, N, T)
             # c Σ_{3 terms} G'_{J1} (a_{δ_J1} · A2_{δ, J2 J3})
             for p, q, u in ((t1, t2, t3), (t2, t1, t3), (t3, t1, t2)):
                 ip3 = np.einsum("snT,sndT->sdT", Aell[:, :, p], A2[:, :, :, q, u])
@@ -258,7 +279,7 @@ def _forward_over_reverse(widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, 
         inner = c * a[:, :, dJ][:, :, None, None, :] * ipg[:, None]  # (S, n, N, nL, K)
         if gdot[ell + 1] is not None:
             WT = np.swapaxes(Ws[ell], 1, 2)
-            inner = inner + (WT @ gdot[ell + 1].reshape(S, n_next, N * nL * Kd)).reshape(S, widths[ell], N, nL, Kd)
+            inner = inner + _stacked_matmul(WT, gdot[ell + 1].reshape(S, n_next, N * nL * Kd)).reshape(S, widths[ell], N, nL, Kd)
         gdot[ell] = s2[:, :, :, None, None] * Z1s[ell][:, :, :, None, :] * h[ell][..., None] + s1[:, :, :, None, None] * inner
 
     def flat_I(x):  # (S, n, N, nL, ...) → (S, n, M, ...) with I = i·N + δ
@@ -285,7 +306,7 @@ def _forward_over_reverse(widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, 
             if gd is not None:
                 n = gd.shape[1]
                 gdf = gd.reshape(S, n, M * Kd)
-                gdgd = (np.swapaxes(gdf, 1, 2) @ gdf).reshape(S, M, Kd, M, Kd).transpose(0, 1, 3, 2, 4)  # [I1,I2,J3,J4]
+                gdgd = _stacked_matmul(np.swapaxes(gdf, 1, 2), gdf).reshape(S, M, Kd, M, Kd).transpose(0, 1, 3, 2, 4)  # [I1,I2,J3,J4]
                 dd2 += (lb + c * aa[:, :, :, None, None]) * gdgd
                 if adI is not None:
                     gdg = np.einsum("skMJ,skH->sMJH", gd, gI)  # ġ_{I1J3}·g_{I2}
@@ -296,7 +317,7 @@ def _forward_over_reverse(widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, 
                     dd2 += c * gI_gd[:, :, :, None, :] * ad_a[:, :, :, :, None]
             if adI is not None:
                 adf = adI.reshape(S, adI.shape[1], M * Kd)
-                adad = (np.swapaxes(adf, 1, 2) @ adf).reshape(S, M, Kd, M, Kd).transpose(0, 1, 3, 2, 4)
+                adad = _stacked_matmul(np.swapaxes(adf, 1, 2), adf).reshape(S, M, Kd, M, Kd).transpose(0, 1, 3, 2, 4)
                 dd2 += c * gg[:, :, :, None, None] * adad
         if want_dh:
             # dĤ_{I0 I1 I2} = Σ_μ λ_μ ∂_μ f_{I0,I1} ∂_μ z_{I2}
