@@ -19,7 +19,7 @@ import numpy as np
 
 from .activation import Activation
 from .errors import NumericalError
-from .gaussian import QuadratureRule, all_index_tuples, expect
+from .gaussian import QuadratureRule, all_index_tuples, expect, pair_matrix
 
 __all__ = ["LayerExpectations", "PairOp", "apply_pair_op", "first_derivative_terms", "fourth_contract"]
 
@@ -155,6 +155,11 @@ class LayerExpectations:
         if key not in self._pairs:
             if (d2, d1) in self._pairs:
                 self._pairs[key] = self._pairs[(d2, d1)].T
+            elif not self.activation.kinks and self.N > 2:
+                # smooth σ: all pairs at once by Mehler's expansion, O(N² kmax)
+                vals, errs = pair_matrix(self.activation, d1, d2, self.K, rule=self.rule)
+                self._record(vals.ravel(), errs.ravel())
+                self._pairs[key] = vals
             else:
                 self._pairs[key] = self._compute(key, skip_coincident=not self._ordinary(d1, d2))
                 if not self._ordinary(d1, d2):

@@ -28,12 +28,12 @@ import itertools
 import attrs
 import numpy as np
 
-from .ensemble import Estimate, _check_common, _chunk_plan, _PooledMoments
+from .ensemble import Estimate, _array_eq, _check_common, _chunk_plan, _PooledMoments, _readonly
 from .errors import NumericalError, ParameterError
-from .networks import NetworkParameters, sample_parameters
+from .networks import NetworkParameters, as_inputs, sample_parameters
 from .progress import Progress
 
-__all__ = ["OutputDifferentials", "output_differentials", "DntkStatistics", "sample_dntk", "DNTK_FIELDS"]
+__all__ = ["OutputDifferentials", "output_differentials", "per_network_estimates", "DntkStatistics", "sample_dntk", "DNTK_FIELDS"]
 
 DNTK_FIELDS = ("P", "Q", "R", "S", "T", "U")
 
@@ -158,7 +158,7 @@ def output_differentials(
         estimate the effective statistics.
     """
     widths = net.widths
-    X = np.asarray(X, dtype=float)
+    X = as_inputs(X, widths[0], "output_differentials")
     L = len(widths) - 1
     act = net.activation
     lam_b, lam_w = net.lambda_B, net.lambda_W
@@ -245,7 +245,7 @@ def output_differentials(
         Z1s.append(Z1)
 
     z_out = zs[-1]
-    H = Z1.transpose(0, 1, 2, 3).reshape(S, M, Kd)  # rows I = i·N + δ
+    H = Z1.reshape(S, M, Kd)  # rows I = i·N + δ
     dH = Z2.reshape(S, M, Kd, Kd)
     ddH1 = Z3.reshape(S, M, T) if T else None
 
@@ -417,7 +417,7 @@ class DntkStatistics:
     size: int
     seed: int
     n_batches: int
-    X: np.ndarray = attrs.field(eq=False)
+    X: np.ndarray = attrs.field(converter=_readonly, eq=attrs.cmp_using(eq=_array_eq))
     fan_in: int
     P: Estimate
     Q: Estimate

@@ -67,7 +67,12 @@ class Statistics:
         NTK fluctuation (A, B) and NTK–preactivation cross-correlation (D, F) tensors
         (book §8.3); index conventions in the module docstring.
     P, Q, R, S, T, U : ndarray (N, N, N, N) or None
-        dNTK–preactivation correlators and ddNTK means (book ch. 11, ∞), when computed.
+        dNTK–preactivation correlators and ddNTK means (book ch. 11, ∞), computed with
+        ``order="dntk"``.  Each array is indexed in the order of its subscripts in
+        shared/theory/training.md §0: E[dĤ_{i0i1i2;012} z_{i3;3}] = (1/n)[δ03δ12 P_0123 + δ01δ23 Q_0123
+        + δ02δ13 Q_0213]; E[ddĤ^I_{0123}] = (1/n)[δ01δ23 R_0123 + δ02δ31 R_0231 + δ03δ12 R_0312];
+        E[ddĤ^II_{1234}] = (1/n)[δ12δ34 S_1234 + δ13δ42 T_1342 + δ14δ23 U_1423] — so ``T[a, b, c, d]``
+        is T_{abcd} with (a, b, c, d) = (α1, α3, α4, α2).  NaN marks components undefined for kinked σ.
     """
 
     layer: int
@@ -199,9 +204,10 @@ def flow(net: Architecture, X, *, order: str = "full", quadrature=None) -> Flow:
     net : Architecture
         e.g. ``pdlt.MLP(...)``.
     X : array_like, shape (N, input_dim)
-    order : {"full", "leading"}
+    order : {"full", "leading", "dntk"}
         "leading": K and Θ only (infinite width; cheap, O(L N²)).  "full": also V, G1, H1, A, B,
-        D, F (O(L N⁴)).
+        D, F (O(L N⁴)).  "dntk": also the dNTK/ddNTK statistics P, Q, R, S, T, U (book ch. 11, ∞;
+        components undefined for kinked σ at coinciding inputs are NaN, see docs/dntk.md).
     quadrature : QuadratureRule or {"accurate", "fast"}, optional
         Node counts of the Gaussian engine's quadrature fallback (default "accurate", see
         docs/gaussian-engine.md); "fast" trades 3–4-dimensional accuracy (~1e-4) for speed.
@@ -221,8 +227,8 @@ def flow(net: Architecture, X, *, order: str = "full", quadrature=None) -> Flow:
     """
     if not isinstance(net, Architecture):
         raise ParameterError(f"The 'net' parameter of flow must be an Architecture (e.g. pdlt.MLP). Got {net!r} instead.")
-    if order not in ("full", "leading"):
-        raise ParameterError(f"The 'order' parameter of flow must be 'full' or 'leading'. Got {order!r} instead.")
+    if order not in ("full", "leading", "dntk"):
+        raise ParameterError(f"The 'order' parameter of flow must be 'full', 'leading' or 'dntk'. Got {order!r} instead.")
     X = validate_inputs(X, net.input_dim)
     rule = _rule(quadrature)
     stats = net.first_layer(X, order=order)

@@ -31,7 +31,6 @@ Undefined components raise :class:`~pdlt.errors.NumericalError` by default, or a
 
 from __future__ import annotations
 
-import itertools
 
 import attrs
 import numpy as np

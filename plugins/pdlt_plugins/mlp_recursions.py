@@ -26,6 +26,10 @@ def first_layer(net, X: np.ndarray, order: str) -> Statistics:
         N = X.shape[0]
         z2, z4 = np.zeros((N, N)), np.zeros((N,) * 4)
         fields.update(V=z4, G1=z2, H1=z2, A=z4, B=z4, D=z4, F=z4)
+    if order == "dntk":
+        from .dntk_recursions import first_layer_dntk
+
+        fields.update(first_layer_dntk(X.shape[0]))
     return Statistics(layer=1, width=net.widths[1], fan_in=n0, **fields)
 
 
@@ -50,6 +54,12 @@ def next_layer(net, s: Statistics, ell: int, order: str, rule=None) -> Statistic
     fields = dict(K=K, Theta=Theta)
     if order != "leading":
         fields.update(_corrections(E, s, C, lw))
+    if order == "dntk":
+        from .dntk_recursions import dntk_step
+
+        # components that are undefined for kinked σ (δ·δ at coinciding inputs) are NaN there,
+        # see docs/dntk.md; consumers check before use
+        fields.update(dntk_step(E, s, C, lw, F_next=fields["F"], undefined="nan"))
     return Statistics(layer=ell + 1, width=net.widths[ell + 1], fan_in=s.width, quadrature_error=E.max_error, **fields)
 
 

@@ -236,7 +236,7 @@ def test_restriction_commutes_with_flow(case, data):
     _assert_flows_equal(restricted, pdlt.flow(net, X[idx]), _tol(f), f"restrict {idx}")
 
 
-@settings(max_examples=10, **SETTINGS)
+@settings(max_examples=8, **SETTINGS)
 @given(case=net_and_inputs(n_inputs=st.integers(2, 3), depth=(2, 2)), data=st.data())
 def test_permuting_inputs_permutes_tensors(case, data):
     net, X = case

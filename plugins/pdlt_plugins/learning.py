@@ -1,0 +1,783 @@
+"""Built-in learning algorithms: Bayesian inference, gradient descent and the Newton step.
+
+Each maps the output-layer statistics of a network on D = A ∪ B (training set A, evaluation set)
+and the training labels to a :class:`pdlt.learning.TrainedDistribution`, to order 1/n with
+n = n_{L−1} (the fan-in of the output layer, the normalisation of every 1/n tensor):
+
+* :class:`Bayesian` — the GP posterior at infinite width and its O(1/n) corrections from the NLO
+  kernel G1 and the four-point vertex V (book §6.3–§6.4; theory/training.md §1);
+* :class:`GradientDescent` — full-batch GD on the MSE loss: the frozen-NTK solution at infinite width
+  for any number of steps, and at O(1/n) the fully trained mean (book §∞.2.3; training.md §4.4–§4.5)
+  and covariance (theory/trained-cov.md);
+* :class:`NewtonStep` — the single "giant leap" (book §10.2.1; training.md §2) with the learning-rate
+  matrix (mean NTK on A)⁻¹, and its O(1/n) mean and covariance (same expansion, one step).
+
+Notation: flattened indices I = (i, δ); sample indices α̃ ∈ A written a, b, …, 1…6; Θ̃ = Θ on A;
+Θ̃ = O diag(h) Oᵀ.  Every algorithm tensor of training.md §4.4 (X_II, X_III, Z_A, Z_B, Z_IA, Z_IB,
+𝒵1, 𝒵2) pairs its k-th upper with its k-th lower index and is diagonal in the eigenbasis of Θ̃, so all
+contractions are done there (training.md §8): cost O(N_D N_A⁴ + N_D² N_A³) and memory O(N_D N_A³)
+instead of the O(N_A⁶) rank-6 tensors.
+
+Which objects carry 1/n.  The infinite-width parts use K and Θ only.  The corrections are exactly
+(1/n) × (a width-independent coefficient): the 1/n parts of the two-point function (G1, G = K + G1/n)
+and of the NTK mean (H1, H = Θ + H1/n) enter only by linearising the leading formulas (the G1⋄ and
+H1⋄ terms below); inside terms that already carry a 1/n tensor (V, A, B, D, F, P, …, U) the leading
+K and Θ are used — the difference is O(1/n²).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import ClassVar
+
+import attrs
+import numpy as np
+
+from pdlt.errors import ParameterError
+from pdlt.hookspecs import hookimpl
+from pdlt.learning import LearningAlgorithm, TrainedDistribution, _labels, expand_outputs, psd_eigh
+
+__all__ = ["Bayesian", "GradientDescent", "NewtonStep", "algorithm_tensors", "FiniteWidthTerms"]
+
+_DNTK = ("P", "Q", "R", "S", "T", "U")
+_NLO = ("V", "G1", "A", "B", "D", "F")
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _rot(X: np.ndarray, O: np.ndarray, axes) -> np.ndarray:
+    """Rotate the given axes of X into the eigenbasis: X'_{..r..} = Σ_a X_{..a..} O_{ar}."""
+    for ax in axes:
+        X = np.moveaxis(np.tensordot(X, O, axes=([ax], [0])), -1, ax)
+    return X
+
+
+def _unrot(X: np.ndarray, O: np.ndarray, axes) -> np.ndarray:
+    """Inverse of :func:`_rot`: X_{..a..} = Σ_r X'_{..r..} O_{ar}."""
+    for ax in axes:
+        X = np.moveaxis(np.tensordot(X, O, axes=([ax], [1])), -1, ax)
+    return X
+
+
+def _need(stats, names, owner: str, hint: str) -> None:
+    missing = [n for n in names if getattr(stats, n) is None]
+    if missing:
+        raise ParameterError(
+            f"{owner}: the O(1/n) result needs the statistics {', '.join(missing)}, which are None in the "
+            f"given Statistics. {hint}"
+        )
+
+
+def _h1(stats) -> np.ndarray:
+    return np.zeros_like(stats.K) if stats.H1 is None else np.asarray(stats.H1)
+
+
+def _g1(stats) -> np.ndarray:
+    return np.zeros_like(stats.K) if stats.G1 is None else np.asarray(stats.G1)
+
+
+# ---------------------------------------------------------------------------------------------
+# algorithm tensors (training.md §4.4) in the eigenbasis of Θ̃
+
+
+@attrs.frozen(kw_only=True)
+class FiniteWidthTerms:
+    """The algorithm-dependent coefficients of the O(1/n) trained output, in the eigenbasis of H̃.
+
+    For training to convergence by gradient descent these are the eigenvalues of the tensors of
+    training.md §4.4/§4.5 (each pairs its k-th upper with its k-th lower index, so it is diagonal in
+    the eigenbasis; r, s, t label eigenvectors of H̃ on those index pairs).
+
+    Attributes
+    ----------
+    zA, zB : ndarray (N_A, N_A)
+        Z_A, Z_B (dNTK terms): 𝔪^dNTK and 𝒞^PQ,dir.
+    zIA, zIB : ndarray (N_A,)*3
+        Z_IA = −Y_III − (η/2)Y_IV, Z_IB = Z_IA − (η/2)Y_I − (η²/6)X_III (ddNTK-I terms).
+    z1, z2 : ndarray (N_A,)*3
+        𝒵1, 𝒵2 (ddNTK-II terms).
+    second_order_ntk : bool
+        The trained output contains ΔĤ H̃⁻¹ ΔĤ H̃⁻¹ ε (gradient descent to convergence: 𝔪^ΔNTK and
+        the ΔNTK Stein term); False for a single step, which is linear in the NTK.
+    projected : bool
+        The trained output is "test term minus its projection through H H̃⁻¹" (training.md §4.4):
+        true for training to convergence (training outputs end at y), false for a single step.
+    """
+
+    zA: np.ndarray
+    zB: np.ndarray
+    zIA: np.ndarray
+    zIB: np.ndarray
+    z1: np.ndarray
+    z2: np.ndarray
+    second_order_ntk: bool
+    projected: bool
+
+
+def algorithm_tensors(h: np.ndarray, eta: float) -> FiniteWidthTerms:
+    """Eigenvalues of the §4.4 algorithm tensors of gradient descent run to convergence.
+
+    Parameters
+    ----------
+    h : ndarray (N_A,)
+        Eigenvalues of the mean NTK on the training set, all > 0.
+    eta : float
+        Global learning rate, 0 < η h < 2.
+
+    Notes
+    -----
+    Book §∞.2.2 (training.md §4.4, §4.5, §8).  With D2_rs = h_r + h_s − η h_r h_s and
+    D3_rst = Σ h − η Σ h h + η² h_r h_s h_t, X_II = 1/D2, X_III = 1/D3 (the time sums
+    η Σ_t U^t⊗U^t and η Σ_t U^t⊗U^t⊗U^t, U = 1 − ηH̃), W = 1/h − η, X̄_II = 1/D2 − η:
+
+    * Z_A = W/D2, Z_B = Z_A + (η/2)/D2;
+    * Y_I = (1/h_t)(1/D2_rs − 1/D3), Y_III = 1/(h_r h_s h_t) − 1/(h_s h_t D2_rs) − 1/(h_r h_t D2_st)
+      + 1/(h_t D2_st D3), Y_IV = 1/(h_r D2_st) − 1/(D2_st D3);
+    * Z_IA = −Y_III − (η/2)Y_IV, Z_IB = Z_IA − (η/2)Y_I − (η²/6)/D3;
+    * 𝒵1 = η(W_r + X̄_II,rs)/D3, 𝒵2 = W_r X̄_II,rs / D3.
+    """
+    h = np.asarray(h, dtype=float)
+    r = h[:, None, None]
+    s = h[None, :, None]
+    t = h[None, None, :]
+    D2 = h[:, None] + h[None, :] - eta * h[:, None] * h[None, :]
+    D3 = r + s + t - eta * (r * s + r * t + s * t) + eta**2 * r * s * t
+    W = 1.0 / h - eta
+    zA = W[:, None] / D2
+    zB = zA + 0.5 * eta / D2
+    D2rs = D2[:, :, None]
+    D2st = D2[None, :, :]
+    Y_I = (1.0 / t) * (1.0 / D2rs - 1.0 / D3)
+    Y_III = 1.0 / (r * s * t) - 1.0 / (s * t * D2rs) - 1.0 / (r * t * D2st) + 1.0 / (t * D2st * D3)
+    Y_IV = 1.0 / (r * D2st) - 1.0 / (D2st * D3)
+    zIA = -Y_III - 0.5 * eta * Y_IV
+    zIB = zIA - 0.5 * eta * Y_I - eta**2 / 6.0 / D3
+    Wr = W[:, None, None]
+    Xbar = 1.0 / D2rs - eta
+    z1 = eta * (Wr + Xbar) / D3
+    z2 = Wr * Xbar / D3
+    return FiniteWidthTerms(zA=zA, zB=zB, zIA=zIA, zIB=zIB, z1=z1, z2=z2, second_order_ntk=True, projected=True)
+
+
+def newton_tensors(h: np.ndarray) -> FiniteWidthTerms:
+    """The same coefficients for one step with learning-rate matrix M = H̃⁻¹ (the giant leap).
+
+    Notes
+    -----
+    One step z(1) = z − Ĥ M ε + ½ dĤ (Mε)(Mε) − (1/6) ddĤ^I (Mε)³ (training.md §4.2 with η → M);
+    its average has the structure of §4.5 with Z_B = ½ M⊗M, Z_IB = −(1/6) M⊗M⊗M and
+    Z_A = Z_IA = 𝒵1 = 𝒵2 = 0 (the NTK and dNTK do not move before the single step is taken).
+    """
+    h = np.asarray(h, dtype=float)
+    m = 1.0 / h
+    N = h.size
+    zero2 = np.zeros((N, N))
+    zero3 = np.zeros((N, N, N))
+    zB = 0.5 * m[:, None] * m[None, :]
+    zIB = -(1.0 / 6.0) * m[:, None, None] * m[None, :, None] * m[None, None, :]
+    return FiniteWidthTerms(zA=zero2, zB=zB, zIA=zero3, zIB=zIB, z1=zero3, z2=zero3, second_order_ntk=False, projected=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the O(1/n) engine for gradient-based training (GD to convergence and the Newton step)
+
+
+class _Blocks:
+    """Sub-blocks of the rank-4 statistics with some slots on the rows R (evaluation points, then
+    the training set) and the others on A, the A-slots rotated into the eigenbasis (cached)."""
+
+    def __init__(self, stats, R: np.ndarray, A: np.ndarray, O: np.ndarray, zero_dntk: bool):
+        self.stats = stats
+        self.R = R
+        self.A = A
+        self.O = O
+        self.zero_dntk = zero_dntk
+        self._cache: dict = {}
+
+    def raw(self, name: str, r_slots: tuple[int, ...]) -> np.ndarray:
+        key = ("raw", name, r_slots)
+        if key not in self._cache:
+            X = getattr(self.stats, name)
+            if X is None and name in _DNTK and self.zero_dntk:
+                shape = tuple(len(self.R) if k in r_slots else len(self.A) for k in range(4))
+                self._cache[key] = np.zeros(shape)
+            else:
+                idx = [self.R if k in r_slots else self.A for k in range(4)]
+                self._cache[key] = np.asarray(X)[np.ix_(*idx)]
+        return self._cache[key]
+
+    def rot(self, name: str, r_slots: tuple[int, ...]) -> np.ndarray:
+        key = ("rot", name, r_slots)
+        if key not in self._cache:
+            axes = [k for k in range(4) if k not in r_slots]
+            self._cache[key] = _rot(self.raw(name, r_slots), self.O, axes)
+        return self._cache[key]
+
+
+#: ddNTK terms of the trained mean (training.md §4.5): (sign, Z, Z upper labels, Z lower labels,
+#: tensor, tensor labels with "d" the evaluation slot, Γ labels).  Labels 1…6 are α̃1…α̃6.
+_DD_TERMS = (
+    # 𝔪^ddI = −Σ [R_δ123 (Z_IB^{123;456} + Z_IB^{231;564} + Z_IB^{312;645}) + R_1δ23 Z_IA^{123;456}
+    #             + R_123δ Z_IA^{123;564} + R_13δ2 Z_IA^{123;645}] Γ_{i;456}
+    (-1, "zIB", (1, 2, 3), (4, 5, 6), "R", ("d", 1, 2, 3), (4, 5, 6)),
+    (-1, "zIB", (2, 3, 1), (5, 6, 4), "R", ("d", 1, 2, 3), (4, 5, 6)),
+    (-1, "zIB", (3, 1, 2), (6, 4, 5), "R", ("d", 1, 2, 3), (4, 5, 6)),
+    (-1, "zIA", (1, 2, 3), (4, 5, 6), "R", (1, "d", 2, 3), (4, 5, 6)),
+    (-1, "zIA", (1, 2, 3), (5, 6, 4), "R", (1, 2, 3, "d"), (4, 5, 6)),
+    (-1, "zIA", (1, 2, 3), (6, 4, 5), "R", (1, 3, "d", 2), (4, 5, 6)),
+    # 𝔪^ddII, Σ over Z ∈ {𝒵1, 𝒵2}: S_δ123 Z Γ_456 + T_δ231 Z Γ_546 + U_δ312 Z Γ_645
+    *(
+        (+1, z, (1, 2, 3), (4, 5, 6), X, lab, g)
+        for z in ("z1", "z2")
+        for X, lab, g in (
+            ("S", ("d", 1, 2, 3), (4, 5, 6)),
+            ("T", ("d", 2, 3, 1), (5, 4, 6)),
+            ("U", ("d", 3, 1, 2), (6, 4, 5)),
+        )
+    ),
+    # + Σ 𝒵2^{123;456} [S_δ213 Γ_546 + T_δ132 Γ_456 + U_δ321 Γ_645 + S_1δ23 Γ_456 + T_123δ Γ_645
+    #                   + U_13δ2 Γ_546 + S_12δ3 Γ_645 + T_1δ32 Γ_456 + U_132δ Γ_546]
+    (+1, "z2", (1, 2, 3), (4, 5, 6), "S", ("d", 2, 1, 3), (5, 4, 6)),
+    (+1, "z2", (1, 2, 3), (4, 5, 6), "T", ("d", 1, 3, 2), (4, 5, 6)),
+    (+1, "z2", (1, 2, 3), (4, 5, 6), "U", ("d", 3, 2, 1), (6, 4, 5)),
+    (+1, "z2", (1, 2, 3), (4, 5, 6), "S", (1, "d", 2, 3), (4, 5, 6)),
+    (+1, "z2", (1, 2, 3), (4, 5, 6), "T", (1, 2, 3, "d"), (6, 4, 5)),
+    (+1, "z2", (1, 2, 3), (4, 5, 6), "U", (1, 3, "d", 2), (5, 4, 6)),
+    (+1, "z2", (1, 2, 3), (4, 5, 6), "S", (1, 2, "d", 3), (6, 4, 5)),
+    (+1, "z2", (1, 2, 3), (4, 5, 6), "T", (1, "d", 3, 2), (4, 5, 6)),
+    (+1, "z2", (1, 2, 3), (4, 5, 6), "U", (1, 3, 2, "d"), (5, 4, 6)),
+)
+
+
+class _GradientEngine:
+    """O(1/n) mean and covariance of gradient-trained outputs (GD to convergence, Newton step).
+
+    The trained mean coefficient is written 𝔪_{i;δ} = Σ_α L_{δα} y_{i;α} + Σ M_{δ;456} Γ_{i;456}
+    (training.md §4.5: linear in y through the ΔNTK and dNTK terms, cubic through Γ in the ddNTK
+    terms), which makes the label-derivative (Stein) term of the covariance (trained-cov.md §1 (4))
+    a pair of contractions.
+    """
+
+    def __init__(self, stats, train, y, test, terms_fn, *, zero_dntk: bool):
+        self.stats = stats
+        A = np.asarray(train, dtype=int)
+        E = np.asarray(test, dtype=int)
+        self.A, self.E = A, E
+        R = np.concatenate([E, A])
+        self.R = R
+        self.n = stats.fan_in
+        self.nL = y.shape[1]
+        self.y = y
+        K, Th = np.asarray(stats.K), np.asarray(stats.Theta)
+        self.Kt = K[np.ix_(A, A)]
+        self.h, self.O, self.cond = psd_eigh(Th[np.ix_(A, A)], "NTK Θ", "gradient-based training")
+        self.Hi = (self.O / self.h) @ self.O.T
+        self.terms: FiniteWidthTerms = terms_fn(self.h)
+        NE = len(E)
+        # projection of a slot over R: X⋄_e = X_e − Σ Θ_{eA} Θ̃⁻¹ X_A
+        self.Pr = np.hstack([np.eye(NE), -Th[np.ix_(E, A)] @ self.Hi])
+        self.Pn = self.Pr if self.terms.projected else np.hstack([np.eye(NE), np.zeros((NE, len(A)))])
+        self.K_RR = K[np.ix_(R, R)]
+        self.Kd = self.Pr @ K[np.ix_(R, A)]  # K⋄_{eα}
+        self.blocks = _Blocks(stats, R, A, self.O, zero_dntk)
+
+    # ------------------------------------------------------------------ infinite width
+    def mean_infinite(self) -> np.ndarray:
+        Th = np.asarray(self.stats.Theta)
+        return Th[np.ix_(self.E, self.A)] @ self.Hi @ self.y
+
+    def cov_infinite(self) -> np.ndarray:
+        """Σ^∞ = K⋄⋄ (training.md §2 "Fully trained distribution")."""
+        return self.Pr @ self.K_RR @ self.Pr.T
+
+    # ------------------------------------------------------------------ mean coefficient
+    def linear_coefficient(self) -> np.ndarray:
+        """L (N_R, N_A): the part of 𝔪 linear in y (𝔪^ΔNTK + 𝔪^dNTK, training.md §4.5)."""
+        b, nL, T = self.blocks, self.nL, self.terms
+        L = np.zeros((len(self.R), len(self.A)))
+        if T.second_order_ntk:
+            # 𝔪^ΔNTK = −Σ [A_(δ1)(23) + B_δ213 + n_L B_δ312] H̃^{12} H̃^{34} y_4
+            A0, B0 = b.raw("A", (0,)), b.raw("B", (0,))
+            X = np.einsum("dabc,ab->dc", A0, self.Hi) + np.einsum("dbac,ab->dc", B0, self.Hi) + nL * np.einsum(
+                "dcab,ab->dc", B0, self.Hi
+            )
+            L -= X @ self.Hi
+        # 𝔪^dNTK, Z^{pq;cd} pairs (p, c) → r, (q, d) → s
+        P0, Q0 = b.rot("P", (0,)), b.rot("Q", (0,))
+        P1, Q1, Q2 = b.rot("P", (1,)), b.rot("Q", (1,)), b.rot("Q", (2,))
+        zA, zB = T.zA, T.zB
+        Lp = np.zeros_like(L)
+        # Z_B ([P_δpqc + Q_δpqc + n_L Q_δqpc] y_d + [P_δpqd + n_L Q_δpqd + Q_δqpd] y_c)
+        Lp += np.einsum("drsr,rs->ds", P0 + Q0, zB) + nL * np.einsum("dsrr,rs->ds", Q0, zB)
+        Lp += np.einsum("drss,rs->dr", P0 + nL * Q0, zB) + np.einsum("dsrs,rs->dr", Q0, zB)
+        # Z_A ([n_L P_pδqc + Q_pδqc + Q_pqδc] y_d + [P_pδqd + n_L Q_pδqd + Q_pqδd] y_c)
+        Lp += np.einsum("rdsr,rs->ds", nL * P1 + Q1, zA) + np.einsum("rsdr,rs->ds", Q2, zA)
+        Lp += np.einsum("rdss,rs->dr", P1 + nL * Q1, zA) + np.einsum("rsds,rs->dr", Q2, zA)
+        L -= Lp @ self.O.T
+        return L
+
+    def cubic_coefficient(self) -> np.ndarray:
+        """M (N_R, N_A, N_A, N_A): 𝔪^ddI + 𝔪^ddII = Σ M_{δ;456} Γ_{i;456} (training.md §4.5)."""
+        b, T = self.blocks, self.terms
+        NA = len(self.A)
+        Mp = np.zeros((len(self.R), NA, NA, NA))
+        for sign, zname, up, lo, X, xlab, glab in _DD_TERMS:
+            z = getattr(T, zname)
+            if not np.any(z):
+                continue
+            letter = {}
+            for k in range(3):
+                letter[up[k]] = letter[lo[k]] = "rst"[k]
+            pos = xlab.index("d")
+            Xr = b.rot(X, (pos,))
+            xsub = "".join("d" if lab == "d" else letter[lab] for lab in xlab)
+            out = "d" + "".join(letter[g] for g in glab)
+            Mp += sign * np.einsum(f"{xsub},rst->{out}", Xr, z)
+        return _unrot(Mp, self.O, (1, 2, 3))
+
+    def gamma_contract(self, M: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Σ M_{δ;456} Γ_{i;456}, Γ_{i;456} = y_{i;4}(Σ_j y_{j;5}y_{j;6} + n_L K_56) + y_{i;5}K_64 + y_{i;6}K_45."""
+        Kt = self.Kt
+        C = y @ y.T + self.nL * Kt
+        return (
+            np.einsum("dabc,ai,bc->di", M, y, C, optimize=True)
+            + np.einsum("dabc,bi,ca->di", M, y, Kt, optimize=True)
+            + np.einsum("dabc,ci,ab->di", M, y, Kt, optimize=True)
+        )
+
+    def mean_correction(self, L, M) -> np.ndarray:
+        """n × (E[z(T)] − m^∞): Pn 𝔪 + H1⋄ Θ̃⁻¹ y (training.md §4.5 with H = Θ + H1/n linearised)."""
+        m = L @ self.y + self.gamma_contract(M, self.y)
+        H1 = _h1(self.stats)
+        H1d = self.Pr @ H1[np.ix_(self.R, self.A)]
+        return self.Pn @ m + H1d @ self.Hi @ self.y
+
+    # ------------------------------------------------------------------ covariance
+    def cov_correction(self, L, M) -> np.ndarray:
+        """n × (Cov − δ Σ^∞), shape (N_E, n_L, N_E, n_L) (trained-cov.md §1)."""
+        b, nL, y, T = self.blocks, self.nL, self.y, self.terms
+        Pr, Pn, Hi, O = self.Pr, self.Pn, self.Hi, self.O
+        Kt, Kd = self.Kt, self.Kd
+        R, A = self.R, self.A
+        eye = np.eye(nL)
+
+        # (0) 𝔰 = G1⋄⋄ − [H1⋄ Θ̃⁻¹ K⋄ᵀ + (1↔2)]
+        G1, H1 = _g1(self.stats), _h1(self.stats)
+        H1d = Pr @ H1[np.ix_(R, A)]
+        X = H1d @ Hi @ Kd.T
+        delta = Pr @ G1[np.ix_(R, R)] @ Pr.T - X - X.T
+
+        # (1) 𝒞^DF = −Σ H̃^{12}[D_{β2 1 β1 2} + n_L F_{β2 β1 1 2} + F_{β2 2 1 β1}]^{⋄⋄} + (1↔2)
+        DF = (
+            np.einsum("xayb,ab->xy", b.raw("D", (0, 2)), Hi)
+            + nL * np.einsum("xyab,ab->xy", b.raw("F", (0, 1)), Hi)
+            + np.einsum("xbay,ab->xy", b.raw("F", (0, 3)), Hi)
+        )
+        C = Pn @ DF @ Pr.T  # [β2, β1]
+        delta -= C + C.T
+
+        # (2) 𝒞^AB
+        Khat = Hi @ Kt @ Hi
+        yh = Hi @ y
+        Yh = yh @ yh.T
+        A02, B03, B01 = b.raw("A", (0, 2)), b.raw("B", (0, 3)), b.raw("B", (0, 1))
+        AB = (
+            np.einsum("xayb,ab->xy", A02, Khat)
+            + np.einsum("xbay,ab->xy", B03, Khat)
+            + np.einsum("xyab,ab->xy", B01, nL * Khat + Yh)
+        )
+        delta += Pn @ AB @ Pn.T
+        lab = np.einsum("xayb,ai,bj->xiyj", A02, yh, yh) + np.einsum("xbay,aj,bi->xiyj", B03, yh, yh)
+        lab = np.einsum("ex,xiyj,fy->eifj", Pn, lab, Pn)
+
+        # (3) 𝒞^PQ,dir, Z^{pq;cd} pairs (p, c) → r, (q, d) → s; W indexed [β2, j, β1, i]
+        yr = O.T @ y
+        Kr = O.T @ Kt @ O
+        Cr = nL * Kr + yr @ yr.T
+        zA, zB = T.zA, T.zB
+        P03, Q03 = b.rot("P", (0, 3)), b.rot("Q", (0, 3))
+        Wd = np.einsum("xrsy,rs->xy", P03, zB * Cr) + np.einsum("xrsy,rs->xy", Q03, zB * Kr) + np.einsum(
+            "xsry,rs->xy", Q03, zB * Kr
+        )
+        Wl = np.einsum("xrsy,rs,rj,si->xjyi", Q03, zB, yr, yr) + np.einsum("xsry,rs,ri,sj->xjyi", Q03, zB, yr, yr)
+        if np.any(zA):
+            P13, Q13, Q23 = b.rot("P", (1, 3)), b.rot("Q", (1, 3)), b.rot("Q", (2, 3))
+            Wd += np.einsum("rxsy,rs->xy", P13 + Q13, zA * Kr) + np.einsum("rsxy,rs->xy", Q23, zA * Cr)
+            Wl += np.einsum("rxsy,rs,ri,sj->xjyi", P13, zA, yr, yr) + np.einsum("rxsy,rs,rj,si->xjyi", Q13, zA, yr, yr)
+        Wd = Pn @ Wd @ Pr.T
+        Wl = np.einsum("ex,xjyi,fy->ejfi", Pn, Wl, Pr)
+        delta += Wd.T + Wd
+        lab += Wl.transpose(2, 3, 0, 1) + Wl
+
+        # (4) Stein: −Σ_α [K⋄_{β1α} ∂𝔪⋄_{j;β2}/∂y_{i;α} + (i,β1 ↔ j,β2)]
+        Ln = Pn @ L
+        X = Kd @ Ln.T  # [β1, β2]
+        delta -= X + X.T
+        Mn = np.tensordot(Pn, M, axes=([1], [0]))
+        Cm = y @ y.T + nL * Kt
+        Xd = (
+            np.einsum("xabc,ya,bc->yx", Mn, Kd, Cm, optimize=True)
+            + np.einsum("xabc,yb,ca->yx", Mn, Kd, Kt, optimize=True)
+            + np.einsum("xabc,yc,ab->yx", Mn, Kd, Kt, optimize=True)
+        )
+        delta -= Xd + Xd.T
+        Xl = np.einsum("xabc,aj,yb,ci->yixj", Mn, y, Kd, y, optimize=True) + np.einsum(
+            "xabc,aj,yc,bi->yixj", Mn, y, Kd, y, optimize=True
+        )
+        lab -= Xl + Xl.transpose(2, 3, 0, 1)
+
+        return expand_outputs(delta, nL) + lab
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient descent
+
+
+def _positive_float(owner, name, strict=True):
+    def check(instance, attribute, value):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+        ok = ok and (value > 0 if strict else value >= 0)
+        if not ok:
+            rel = "> 0" if strict else ">= 0"
+            raise ParameterError(f"The {name!r} parameter of {owner} must be finite and {rel}. Got {value!r} instead.")
+
+    return check
+
+
+def _steps(instance, attribute, value):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ParameterError(
+            f"The 'steps' parameter of GradientDescent must be None (train to convergence) or an integer >= 0. "
+            f"Got {value!r} instead."
+        )
+
+
+def _output_statistics_with_dntk(algorithm, net, X, order, quadrature):
+    """pdlt.flow with the dNTK statistics; until pdlt.flow supports order="dntk", the built-in
+    recursions of :mod:`pdlt_plugins.dntk_recursions` fill them in."""
+    stats = LearningAlgorithm.output_statistics(algorithm, net, X, order=order, quadrature=quadrature)
+    if order == "dntk" and stats.P is None and getattr(net, "name", "") == "mlp":
+        from pdlt.flow import _rule
+
+        from .dntk_recursions import dntk_flow
+
+        stats = dntk_flow(net, X, rule=_rule(quadrature))[-1]
+    return stats
+
+
+_DNTK_HINT = (
+    "Compute them with pdlt.flow(net, X, order='dntk') (or pdlt_plugins.dntk_recursions.dntk_flow), use "
+    "order='leading' for the infinite-width result only, or pass include_dntk=False to set P..U to zero "
+    "(this drops the dNTK/ddNTK part of the 1/n correction; the result is then biased)."
+)
+
+
+@attrs.frozen(kw_only=True)
+class _GradientBase(LearningAlgorithm):
+    include_dntk: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+
+    order: ClassVar[str] = "dntk"
+
+    def output_statistics(self, net, X, *, order, quadrature=None):
+        return _output_statistics_with_dntk(self, net, X, order, quadrature)
+
+    def _engine(self, stats, train, y, test, terms_fn, corrections):
+        owner = type(self).__name__
+        if corrections:
+            _need(stats, ("A", "B", "D", "F"), owner, "Use pdlt.flow(net, X, order='full') or order='leading'.")
+            if self.include_dntk:
+                _need(stats, _DNTK, owner, _DNTK_HINT)
+        return _GradientEngine(stats, train, y, test, terms_fn, zero_dntk=not self.include_dntk)
+
+    def _notes(self, stats) -> tuple[str, ...]:
+        notes = []
+        if not self.include_dntk:
+            notes.append("include_dntk=False: the dNTK/ddNTK statistics P, Q, R, S, T, U were set to zero")
+        if stats.H1 is None or stats.G1 is None:
+            notes.append("H1 or G1 missing: their 1/n parts of the NTK mean / two-point function were set to zero")
+        return tuple(notes)
+
+
+@attrs.frozen(kw_only=True)
+class GradientDescent(_GradientBase):
+    """Full-batch gradient descent on the MSE loss ½ Σ_{i, α̃∈A} (z_{i;α̃} − y_{i;α̃})².
+
+    Parameters
+    ----------
+    learning_rate : float
+        The global step η > 0; parameter μ moves by −η λ_μ ∂L/∂θ_μ with the architecture's
+        learning-rate tensor (λ_b for biases, λ_W/n_{ℓ−1} for weights).  Must satisfy
+        η < 2/λ_max(Θ̃) (checked by :func:`pdlt.solve`).
+    steps : int or None
+        Number of steps T; None trains to convergence (T → ∞).
+    include_dntk : bool
+        Use the dNTK/ddNTK statistics P, Q, R, S, T, U (required for the O(1/n) result unless
+        this is set to False, which sets them to zero — an explicit, biased approximation).
+
+    Notes
+    -----
+    Infinite width (book §7.2, §10.2.2; training.md §2): with U = 1 − ηΘ̃,
+    z(T) = z − Θ_{·A} Θ̃⁻¹(1 − U^T)(z_A − y); the mean is Θ_{BA}Θ̃⁻¹(1 − U^T)y and the covariance
+    follows from the Gaussian initial output (covariance K).  At T = ∞: m^∞ = Θ_{BA}Θ̃⁻¹y,
+    Σ^∞ = K⋄⋄ (independent of η).
+
+    O(1/n), T = ∞ (book §∞.2.3): the mean m^∞ + (1/n)[𝔪⋄ + H1⋄Θ̃⁻¹y] with 𝔪 = 𝔪^ΔNTK + 𝔪^dNTK +
+    𝔪^ddI + 𝔪^ddII of training.md §4.5 and the algorithm tensors of §4.4 (:func:`algorithm_tensors`),
+    evaluated in the eigenbasis of Θ̃ (training.md §8); the covariance δ_ij Σ^∞ + (1/n)[δ_ij 𝔰 + 𝒞^DF
+    + 𝒞^AB + 𝒞^PQ,dir + 𝒞^Stein] of theory/trained-cov.md §1.
+
+    Finite T: the infinite-width parts are exact for any T; the O(1/n) parts are implemented for
+    T = ∞ only (``mean_correction`` and ``covariance_correction`` are None for finite ``steps``).
+    """
+
+    name: ClassVar[str] = "gradient_descent"
+
+    learning_rate: float = attrs.field(validator=_positive_float("GradientDescent", "learning_rate"))
+    steps: int | None = attrs.field(default=None, validator=_steps)
+
+    def stability_limit(self, stats, train) -> float:
+        """2/λ_max of the mean NTK on the training set: GD diverges for η at or above it (book §7.2)."""
+        train = np.asarray(train, dtype=int)
+        lam = max(
+            float(np.linalg.eigvalsh(np.asarray(M)[np.ix_(train, train)])[-1])
+            for M in (stats.Theta, stats.ntk_mean())
+        )
+        return 2.0 / lam if lam > 0 else float("inf")
+
+    def check(self, stats, train) -> None:
+        limit = self.stability_limit(stats, train)
+        if not self.learning_rate < limit:
+            raise ParameterError(
+                f"The 'learning_rate' parameter of GradientDescent must be < 2/λ_max(Θ̃) = {limit:.6g} for these "
+                f"training inputs (gradient descent diverges above it). Got {self.learning_rate!r} instead."
+            )
+
+    def trained_distribution(self, stats, train, y_train, test, *, corrections=True) -> TrainedDistribution:
+        y = _labels(y_train, len(train), stats.width, "y_train", "GradientDescent")
+        eta = float(self.learning_rate)
+        self.check(stats, train)
+        terms_fn = lambda h: algorithm_tensors(h, eta)  # noqa: E731
+        notes = list(self._notes(stats)) if corrections else []
+        if self.steps is not None:
+            eng = _GradientEngine(stats, train, y, test, newton_tensors, zero_dntk=True)
+            mean, cov = _finite_steps(eng, eta, int(self.steps))
+            if corrections:
+                notes.append(
+                    f"steps={self.steps}: the O(1/n) mean and covariance are implemented for training to "
+                    "convergence (steps=None) only; the corrections are None"
+                )
+            return TrainedDistribution(
+                algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=expand_outputs(cov, y.shape[1]),
+                condition_number=eng.cond, notes=tuple(notes),
+            )
+        eng = self._engine(stats, train, y, test, terms_fn, corrections)
+        mean = eng.mean_infinite()
+        cov = expand_outputs(eng.cov_infinite(), y.shape[1])
+        mc = cc = None
+        if corrections:
+            L, M = eng.linear_coefficient(), eng.cubic_coefficient()
+            n = float(stats.fan_in)
+            mc = eng.mean_correction(L, M) / n
+            cc = eng.cov_correction(L, M) / n
+            cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
+        return TrainedDistribution(
+            algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov,
+            mean_correction=mc, covariance_correction=cc, condition_number=eng.cond, notes=tuple(notes),
+        )
+
+
+def _finite_steps(eng: _GradientEngine, eta: float, T: int):
+    """Frozen-NTK GD after T steps: g_T(Θ̃) = Θ̃⁻¹(1 − (1 − ηΘ̃)^T) (book §10.2.2)."""
+    h, O = eng.h, eng.O
+    u = 1.0 - eta * h
+    g = (O * ((1.0 - u**T) / h)) @ O.T
+    Th = np.asarray(eng.stats.Theta)
+    M = Th[np.ix_(eng.E, eng.A)] @ g
+    mean = M @ eng.y
+    P = np.hstack([np.eye(len(eng.E)), -M])
+    cov = P @ eng.K_RR @ P.T
+    return mean, cov
+
+
+@attrs.frozen(kw_only=True)
+class NewtonStep(_GradientBase):
+    """One Newton step ("giant leap") on the MSE loss, book §10.2.1.
+
+    Every parameter moves by Δθ_μ = −λ_μ Σ_{a,b∈A} ∂_μ z_a (H̃⁻¹)_{ab} ε_b with the sample-space
+    learning-rate matrix H̃⁻¹, H = Θ + H1/n the mean NTK: at infinite width this lands exactly on
+    the minimiser, z(1) = z − Θ_{·A}Θ̃⁻¹(z_A − y) (training.md §2), i.e. the fully trained
+    distribution m^∞, Σ^∞.
+
+    Notes
+    -----
+    O(1/n): expanding the single step to third order in Δθ (training.md §4.2 with η → H̃⁻¹),
+    z(1) = z − Ĥ M ε + ½ dĤ (Mε)(Mε) − (1/6) ddĤ^I (Mε)³, M = H̃⁻¹, and averaging as in §4.5 and
+    trained-cov.md §2 gives the §4.5 / trained-cov.md formulas with the algorithm tensors of
+    :func:`newton_tensors` and *without* the projection of the NTK/dNTK slots: training points are
+    not fitted exactly at finite width (their mean misses y by O(1/n); the variance is O(1/n)).
+    The ddNTK-II and the NTK's second-order terms do not enter.
+    """
+
+    name: ClassVar[str] = "newton_step"
+
+    def trained_distribution(self, stats, train, y_train, test, *, corrections=True) -> TrainedDistribution:
+        y = _labels(y_train, len(train), stats.width, "y_train", "NewtonStep")
+        eng = self._engine(stats, train, y, test, newton_tensors, corrections)
+        mean = eng.mean_infinite()
+        cov = expand_outputs(eng.cov_infinite(), y.shape[1])
+        mc = cc = None
+        if corrections:
+            L, M = eng.linear_coefficient(), eng.cubic_coefficient()
+            n = float(stats.fan_in)
+            mc = eng.mean_correction(L, M) / n
+            cc = eng.cov_correction(L, M) / n
+            cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
+        return TrainedDistribution(
+            algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov,
+            mean_correction=mc, covariance_correction=cc, condition_number=eng.cond,
+            notes=self._notes(stats) if corrections else (),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Bayesian inference
+
+
+@attrs.frozen(kw_only=True)
+class Bayesian(LearningAlgorithm):
+    """Bayesian inference with the network's output distribution as prior (book ch. 6).
+
+    Parameters
+    ----------
+    noise_variance : float
+        σ_ε² >= 0 of Gaussian observation noise on the labels (0: exact conditioning, which needs
+        distinct training inputs).
+
+    Notes
+    -----
+    Infinite width (book §6.3; training.md §1.1): GP regression with K̃ → K̃ + σ_ε²,
+    m = K_{BA}K̃⁻¹y, Σ = K_BB − K_BA K̃⁻¹ K_AB.  O(1/n) (book §6.4; training.md §1.2): with
+    ŷ = K̃⁻¹y, V⋄ the vertex with its test slot projected through K K̃⁻¹ (G = K + G1/n linearised):
+
+    * mean: (1/n)[G1⋄ K̃⁻¹ y + ½ Σ V⋄_{(β̇1)(23)} (ŷ_{i;1}(Σ_k ŷ_{k;2}ŷ_{k;3} − n_L K̃^{23}) − 2 K̃^{12}ŷ_{i;3})];
+    * covariance: (1/n)[δ_ij G1⋄⋄ + ½ Σ {δ_ij V⋄⋄_{(β̇1β̇2)(12)}(Ŷ − n_L K̃⁻¹)^{12}
+      + V⋄⋄_{(β̇1 1)(β̇2 2)}(ŷ_{i;1}ŷ_{j;2} − δ_ij K̃^{12}) + V⋄⋄_{(β̇1 2)(β̇2 1)}(ŷ_{j;1}ŷ_{i;2} − δ_ij K̃^{12})}].
+
+    The distribution is that of the noiseless network output z (add σ_ε² to the variance for a
+    noisy observation).
+    """
+
+    name: ClassVar[str] = "bayesian"
+    order: ClassVar[str] = "full"
+
+    noise_variance: float = attrs.field(default=0.0, validator=_positive_float("Bayesian", "noise_variance", strict=False))
+
+    def allows_duplicate_inputs(self) -> bool:
+        return self.noise_variance > 0
+
+    def _prior(self, stats, train):
+        A = np.asarray(train, dtype=int)
+        K = np.asarray(stats.K)
+        Kt = K[np.ix_(A, A)] + self.noise_variance * np.eye(len(A))
+        h, O, cond = psd_eigh(Kt, "kernel K (+ noise)", "Bayesian")
+        return A, K, (O / h) @ O.T, cond
+
+    def trained_distribution(self, stats, train, y_train, test, *, corrections=True) -> TrainedDistribution:
+        y = _labels(y_train, len(train), stats.width, "y_train", "Bayesian")
+        A, K, Ki, cond = self._prior(stats, train)
+        E = np.asarray(test, dtype=int)
+        R = np.concatenate([E, A])
+        nL = y.shape[1]
+        Pk = K[np.ix_(E, A)] @ Ki
+        Pr = np.hstack([np.eye(len(E)), -Pk])
+        mean = Pk @ y
+        sigma = Pr @ K[np.ix_(R, R)] @ Pr.T
+        # with noise the training rows of Pr do not vanish; Σ above is K_EE − K_EA K̃⁻¹ K_AE exactly
+        sigma = K[np.ix_(E, E)] - Pk @ K[np.ix_(A, E)]
+        cov = expand_outputs(sigma, nL)
+        mc = cc = None
+        if corrections:
+            _need(stats, ("V",), "Bayesian", "Use pdlt.flow(net, X, order='full') or order='leading'.")
+            n = float(stats.fan_in)
+            V = np.asarray(stats.V)
+            G1 = _g1(stats)
+            yh = Ki @ y
+            Yh = yh @ yh.T
+            Vd = np.tensordot(Pr, V[np.ix_(R, A, A, A)], axes=([1], [0]))  # V⋄_{(β̇1)(23)}
+            m = np.einsum("xabc,ai,bc->xi", Vd, yh, Yh - nL * Ki) - 2.0 * np.einsum("xabc,ab,ci->xi", Vd, Ki, yh)
+            g1 = Pr @ G1[np.ix_(R, A)] @ yh
+            mc = (g1 + 0.5 * m) / n
+            # covariance
+            G1dd = Pr @ G1[np.ix_(R, R)] @ Pr.T
+            V01 = np.einsum("ex,xyab,fy->efab", Pr, V[np.ix_(R, R, A, A)], Pr)  # V⋄⋄_{(β̇1β̇2)(12)}
+            V02 = np.einsum("ex,xayb,fy->eafb", Pr, V[np.ix_(R, A, R, A)], Pr)  # V⋄⋄_{(β̇1 1)(β̇2 2)}
+            d = np.einsum("efab,ab->ef", V01, Yh - nL * Ki) - np.einsum("eafb,ab->ef", V02, Ki) - np.einsum(
+                "ebfa,ab->ef", V02, Ki
+            )
+            lab = np.einsum("eafb,ai,bj->eifj", V02, yh, yh) + np.einsum("ebfa,aj,bi->eifj", V02, yh, yh)
+            cc = (expand_outputs(G1dd + 0.5 * d, nL) + 0.5 * lab) / n
+            cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
+        return TrainedDistribution(
+            algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov,
+            mean_correction=mc, covariance_correction=cc, condition_number=cond,
+        )
+
+    def log_evidence(self, stats, y_train, train=None, *, corrections: bool = False) -> float:
+        """log p(y_A | hyperparameters), the Bayesian model evidence (book §6.2.2, §6.3).
+
+        Parameters
+        ----------
+        stats : Statistics or Flow
+            Output-layer statistics on the training inputs (``train`` selects them otherwise).
+        y_train : ndarray (N_A, n_L)
+        train : sequence of int, optional
+            Indices of the training samples in ``stats`` (default: all).
+        corrections : bool
+            Add the O(1/n) term (needs V; G1 if available).
+
+        Notes
+        -----
+        Infinite width: −½ Σ_i y_iᵀ K̃⁻¹ y_i − (n_L/2) log det(2π K̃), K̃ = K_AA + σ_ε².  O(1/n), from
+        the Edgeworth expansion of the nearly-Gaussian prior (our derivation; verified exactly
+        against Gaussian mixtures in tests/unit/test_learning.py):
+        (1/n){½ tr[G1 (Ŷ − n_L K̃⁻¹)] + ⅛ Σ V_{(12)(34)}[(Ŷ − n_L K̃⁻¹)_{12}(Ŷ − n_L K̃⁻¹)_{34}
+        − 4 K̃^{13}Ŷ_{24} + 2 n_L K̃^{13}K̃^{24}]}, Ŷ = Σ_k ŷ_kŷ_kᵀ, ŷ = K̃⁻¹y.
+        """
+        stats = stats[-1] if hasattr(stats, "layers") else stats
+        train = np.arange(stats.K.shape[0]) if train is None else np.asarray(train, dtype=int)
+        y = _labels(y_train, len(train), stats.width, "y_train", "Bayesian.log_evidence")
+        A, K, Ki, cond = self._prior(stats, train)
+        Kt = K[np.ix_(A, A)] + self.noise_variance * np.eye(len(A))
+        nL = y.shape[1]
+        _, logdet = np.linalg.slogdet(2 * np.pi * Kt)
+        out = -0.5 * float(np.sum(y * (Ki @ y))) - 0.5 * nL * logdet
+        if corrections:
+            _need(stats, ("V",), "Bayesian.log_evidence", "Use pdlt.flow(net, X, order='full').")
+            V = np.asarray(stats.V)[np.ix_(A, A, A, A)]
+            G1 = _g1(stats)[np.ix_(A, A)]
+            yh = Ki @ y
+            Yh = yh @ yh.T
+            Z = Yh - nL * Ki
+            c = 0.5 * float(np.sum(G1 * Z))
+            c += 0.125 * (
+                np.einsum("abcd,ab,cd->", V, Z, Z)
+                - 4.0 * np.einsum("abcd,ac,bd->", V, Ki, Yh)
+                + 2.0 * nL * np.einsum("abcd,ac,bd->", V, Ki, Ki)
+            )
+            out += c / float(stats.fan_in)
+        return float(out)
+
+    def log_bayes_factor(self, stats_1, stats_2, y_train, train=None, *, corrections: bool = False) -> float:
+        """log[p(y|H1)/p(y|H2)] for two hyperparameter settings (their statistics), book §6.2.2."""
+        return self.log_evidence(stats_1, y_train, train, corrections=corrections) - self.log_evidence(
+            stats_2, y_train, train, corrections=corrections
+        )
+
+
+@hookimpl
+def pdlt_register_learning_algorithms():
+    return [Bayesian, GradientDescent, NewtonStep]

@@ -1,0 +1,482 @@
+"""Built-in architecture: the residual MLP of book Appendix B, with its layer maps.
+
+``z^(ℓ+1) = ξ^(ℓ+1)[b^(ℓ+1) + W^(ℓ+1) σ(z^(ℓ))] + γ^(ℓ+1) z^(ℓ)`` (theory/training.md §7): ξ is the
+branch strength, γ the shortcut strength.  Only ξ²C_b, ξ²C_W, ξ²λ_b, ξ²λ_W enter the statistics,
+so every recursion below is the MLP one (theory/init.md §3, §5, ntk-nlo.md §1) with those
+effective hyperparameters, plus shortcut terms: γ² on the two-point objects, γ⁴ on the inherited
+four-point objects and γ²-weighted cross terms between z^(ℓ) (or Ĥ^(ℓ)) and the branch.
+
+Odd correlators.  For an activation that is not odd (ReLU, GELU, …) the shortcut breaks the
+z → −z symmetry of a single neuron across layers and makes three-point functions O(1/n): with
+i ≠ k neurons of layer ℓ and fan-in n,
+
+    n E[z_{k;α1} z_{k;α2} z_{i;α3}]       = Ω_{(α1α2)α3}     (one neuron: Ω_(12)3 + Ω_(13)2 + Ω_(23)1)
+    n E[ΔĤ_{kk;α1α2} z_{i;α3}]             = Π_{(α1α2)α3}
+    n E[Ĥ_{ik;pr} z_{i;q}]                 = Φ_{pqr}          (one neuron: n E[ΔĤ_ii;12 z_i;3] = Π_(12)3 + Φ_132 + Φ_231)
+
+(all-distinct three-point functions vanish; cumulants in which a neuron appears once among
+four or more slots are O(1/n²)).  They enter V, G1, A, D, F, H1 at O(1/n) — through
+Cov(f(z_j), g(z_k)) = (1/n)[¼ΣV⟨∂∂f⟩⟨∂∂g⟩ + ½ΣΩ(⟨∂∂f⟩⟨∂g⟩ + ⟨∂f⟩⟨∂∂g⟩)] and the one-neuron
+third cumulant in E[f(z_j)] — and are what the earlier (reference) residual V recursion
+omitted (the ~50 % ReLU discrepancy of theory/README.md).  For odd σ they vanish identically.
+Their recursions and all others are derived in docs/residual.md and verified there against real
+residual networks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+
+import attrs
+import numpy as np
+
+from pdlt.architecture import Architecture, per_layer
+from pdlt.contractions import LayerExpectations, PairOp, apply_pair_op, first_derivative_terms, fourth_contract
+from pdlt.criticality import criticality
+from pdlt.errors import NoCriticalityError, ParameterError
+from pdlt.flow import Statistics
+from pdlt.hookspecs import hookimpl
+
+__all__ = ["ResidualMLP", "ResidualStatistics", "first_layer", "next_layer", "odd_tensors_vanish"]
+
+
+def _readonly(x):
+    if x is None:
+        return None
+    a = np.array(x, dtype=float)
+    a.setflags(write=False)
+    return a
+
+
+def _eq(a, b):
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+_arr = dict(converter=_readonly, eq=attrs.cmp_using(eq=_eq), default=None)
+
+
+@attrs.frozen(kw_only=True)
+class ResidualStatistics(Statistics):
+    """:class:`pdlt.Statistics` plus the three-point tensors of residual networks.
+
+    Attributes
+    ----------
+    Omega : ndarray (N, N, N) or None
+        Ω_{(α1α2)α3} = n_{ℓ−1} E[z_{k;α1} z_{k;α2} z_{i;α3}], i ≠ k (symmetric in α1 ↔ α2).
+    Pi : ndarray (N, N, N) or None
+        Π_{(α1α2)α3} = n_{ℓ−1} E[ΔĤ_{kk;α1α2} z_{i;α3}], i ≠ k.
+    Phi : ndarray (N, N, N) or None
+        Φ_{pqr} = n_{ℓ−1} E[Ĥ_{ik;pr} z_{i;q}], i ≠ k (NTK index p and preactivation q on neuron i).
+
+    All three vanish for odd σ and for plain (γ = 0) layers.
+    """
+
+    Omega: np.ndarray | None = attrs.field(**_arr)
+    Pi: np.ndarray | None = attrs.field(**_arr)
+    Phi: np.ndarray | None = attrs.field(**_arr)
+
+    def restrict(self, idx):
+        out = super().restrict(idx)
+        idx = np.asarray(idx, dtype=int)
+        changes = {n: getattr(self, n)[np.ix_(idx, idx, idx)] for n in ("Omega", "Pi", "Phi") if getattr(self, n) is not None}
+        return attrs.evolve(out, **changes)
+
+    def one_neuron_three_point(self) -> np.ndarray:
+        """n_{ℓ−1} E[z_{i;α1} z_{i;α2} z_{i;α3}] = Ω_(12)3 + Ω_(13)2 + Ω_(23)1 (one neuron)."""
+        O = self.Omega
+        return O + O.transpose(0, 2, 1) + O.transpose(1, 2, 0)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+@attrs.frozen(kw_only=True)
+class ResidualMLP(Architecture):
+    """Residual MLP z^(ℓ+1) = ξ[b + W σ(z^(ℓ))] + γ z^(ℓ) (book Appendix B; training.md §7).
+
+    Parameters
+    ----------
+    input_dim, hidden_widths, output_dim, activation, c_b, c_w, lambda_b, lambda_w
+        As for :class:`pdlt_plugins.architectures.MLP` (C_b, C_W, λ_b, λ_W are the branch's
+        own; the branch factor ξ multiplies them as ξ²C_b, ξ²C_W, ξ²λ_b, ξ²λ_W).
+    gamma : float or sequence of L floats, default 0
+        Shortcut strength γ^(ℓ).  A scalar applies to every layer that can carry a shortcut
+        (ℓ ≥ 2 with n_ℓ = n_{ℓ−1}); the others get γ = 0.  A sequence must have γ^(1) = 0 (the
+        first layer is plain) and γ^(ℓ) = 0 wherever n_ℓ ≠ n_{ℓ−1}.
+    xi : float or sequence of L floats, default 1
+        Branch strength ξ^(ℓ) > 0.  A scalar applies to the same layers as a scalar γ; the
+        others get ξ = 1.  A sequence is used as given.
+
+    Notes
+    -----
+    γ = 0 and ξ = 1 in every layer is exactly the MLP (same statistics, same random draws).
+    Resolved per-layer values: :attr:`gammas`, :attr:`xis`; :attr:`residual_layers`.
+    Criticality (:meth:`at_criticality`): with C̃ = ξ²C/(1 − γ²) the single-input kernel
+    recursion K' = γ²K + ξ²(C_b + C_W⟨σ²⟩) becomes the MLP one, so the residual critical point
+    is C_b = (1 − γ²) C_b*/ξ², C_W = (1 − γ²) C_W*/ξ² with (C_b*, C_W*) the MLP's (e.g.
+    γ² + ξ²C_W/2 = 1 for ReLU, γ² + ξ²C_W = 1 for tanh), the same K* and χ_∥ = χ_⊥ = 1; it
+    needs |γ| < 1.
+
+    Examples
+    --------
+    >>> from pdlt_plugins.activations import Tanh
+    >>> net = ResidualMLP(input_dim=2, hidden_widths=[32] * 3, output_dim=1, activation=Tanh(),
+    ...                   gamma=0.6, xi=0.8).at_criticality()
+    >>> net.gammas.tolist(), [round(c, 3) for c in net.C_W]
+    ([0.0, 0.6, 0.6, 0.0], [1.0, 1.0, 1.0, 1.0])
+    """
+
+    name = "residual_mlp"
+
+    gamma: float | tuple[float, ...] = attrs.field(default=0.0, converter=per_layer)
+    xi: float | tuple[float, ...] = attrs.field(default=1.0, converter=per_layer)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        owner = type(self).__name__
+        L, w = self.depth, self.widths
+        for pname in ("gamma", "xi"):
+            raw = getattr(self, pname)
+            if isinstance(raw, tuple) and len(raw) != L:
+                raise ParameterError(
+                    f"The {pname!r} parameter of {owner} must be a scalar or a sequence of L = {L} values "
+                    f"(one per layer). Got {len(raw)} values instead."
+                )
+            if not np.all(np.isfinite(np.atleast_1d(raw))):
+                raise ParameterError(f"The {pname!r} parameter of {owner} must be finite. Got {raw!r} instead.")
+        if np.any(np.atleast_1d(self.xi) <= 0):
+            raise ParameterError(f"The 'xi' parameter of {owner} must be > 0. Got {self.xi!r} instead.")
+        if isinstance(self.gamma, tuple):
+            if self.gamma[0] != 0.0:
+                raise ParameterError(
+                    f"The 'gamma' parameter of {owner} must have gamma^(1) = 0: the first layer is plain "
+                    f"(it acts on the n_0-dimensional input). Got {self.gamma[0]!r} instead."
+                )
+            for ell in range(2, L + 1):
+                if self.gamma[ell - 1] != 0.0 and w[ell] != w[ell - 1]:
+                    raise ParameterError(
+                        f"The 'gamma' parameter of {owner} must be 0 at layer {ell}: a shortcut needs equal widths, "
+                        f"but n_{ell - 1} = {w[ell - 1]} and n_{ell} = {w[ell]}. Got {self.gamma[ell - 1]!r} instead."
+                    )
+
+    # ----------------------------------------------------------------- residual hyperparameters
+    @property
+    def residual_layers(self) -> tuple[bool, ...]:
+        """For ℓ = 1..L: whether layer ℓ can carry a shortcut (ℓ ≥ 2 and n_ℓ = n_{ℓ−1})."""
+        w = self.widths
+        return tuple(ell >= 2 and w[ell] == w[ell - 1] for ell in range(1, self.depth + 1))
+
+    def _resolve(self, pname: str, plain: float) -> np.ndarray:
+        raw = getattr(self, pname)
+        if isinstance(raw, tuple):
+            return np.asarray(raw, dtype=float)
+        return np.where(np.array(self.residual_layers), float(raw), plain)
+
+    @property
+    def gammas(self) -> np.ndarray:
+        """γ^(ℓ), ℓ = 1..L (shape (L,))."""
+        return self._resolve("gamma", 0.0)
+
+    @property
+    def xis(self) -> np.ndarray:
+        """ξ^(ℓ), ℓ = 1..L (shape (L,))."""
+        return self._resolve("xi", 1.0)
+
+    def hyperparameters(self, ell: int) -> dict[str, float]:
+        """C_b, C_W, λ_b, λ_W, γ and ξ of layer ``ell`` (book numbering 1..L)."""
+        h = super().hyperparameters(ell)
+        h.update(gamma=float(self.gammas[ell - 1]), xi=float(self.xis[ell - 1]))
+        return h
+
+    def effective_hyperparameters(self, ell: int) -> dict[str, float]:
+        """ξ²C_b, ξ²C_W, ξ²λ_b, ξ²λ_W and γ of layer ``ell``: the combinations the statistics see."""
+        h = self.hyperparameters(ell)
+        x2 = h["xi"] ** 2
+        return dict(c_b=x2 * h["c_b"], c_w=x2 * h["c_w"], lambda_b=x2 * h["lambda_b"], lambda_w=x2 * h["lambda_w"], gamma=h["gamma"])
+
+    # ----------------------------------------------------------------- criticality
+    def at_criticality(self) -> "ResidualMLP":
+        """A copy with the residual-critical (C_b, C_W) in every layer.
+
+        Raises
+        ------
+        NoCriticalityError
+            The activation has no critical initialization, or some |γ^(ℓ)| ≥ 1 (then
+            χ_∥ = γ² + ξ²C_W g'(K) > 1 for every C_W > 0).
+
+        Notes
+        -----
+        C_b^(ℓ) = (1 − γ²) C_b*/ξ², C_W^(ℓ) = (1 − γ²) C_W*/ξ² (class docstring; training.md §7).
+        """
+        report = criticality(self.activation)
+        if not report.is_critical:
+            raise NoCriticalityError(
+                f"{type(self).__name__} with activation {self.activation.describe()!r} has no critical "
+                f"initialization: {report.reason}. Choose an activation of a critical universality class."
+            )
+        g, x = self.gammas, self.xis
+        if np.any(np.abs(g) >= 1):
+            raise NoCriticalityError(
+                f"{type(self).__name__} has no critical initialization with shortcut strengths |gamma| >= 1 "
+                f"(got {g.tolist()}): χ_∥ = γ² + ξ²C_W g'(K) exceeds 1 for every C_W > 0. Use |gamma| < 1."
+            )
+        f = (1.0 - g**2) / x**2
+        return self.evolve(c_b=tuple(f * report.c_b), c_w=tuple(f * report.c_w))
+
+    # ----------------------------------------------------------------- theory and real networks
+    def first_layer(self, X, *, order="full"):
+        return first_layer(self, X, order)
+
+    def next_layer(self, stats, ell, *, order="full", rule=None):
+        return next_layer(self, stats, ell, order, rule)
+
+    def sample_forward(self, X, size, rng, *, ntk=True):
+        from pdlt.residual_networks import residual_forward
+
+        return residual_forward(self, X, size, rng, ntk=ntk)
+
+
+@hookimpl
+def pdlt_register_architectures():
+    return [ResidualMLP]
+
+
+# =============================================================================================
+# layer maps
+
+
+def first_layer(net: ResidualMLP, X: np.ndarray, order: str) -> ResidualStatistics:
+    """Layer 1 (plain, exactly Gaussian): K^(1) = ξ²(C_b + C_W x·x/n_0), Θ^(1) = ξ²(λ_b + λ_W x·x/n_0)."""
+    n0 = net.widths[0]
+    h = net.effective_hyperparameters(1)
+    G0 = X @ X.T / n0
+    fields = dict(K=h["c_b"] + h["c_w"] * G0, Theta=h["lambda_b"] + h["lambda_w"] * G0)
+    if order != "leading":
+        N = X.shape[0]
+        z2, z3, z4 = np.zeros((N, N)), np.zeros((N,) * 3), np.zeros((N,) * 4)
+        fields.update(V=z4, G1=z2, H1=z2, A=z4, B=z4, D=z4, F=z4, Omega=z3, Pi=z3, Phi=z3)
+    return ResidualStatistics(layer=1, width=net.widths[1], fan_in=n0, **fields)
+
+
+def odd_tensors_vanish(activation) -> bool:
+    """True when σ is odd (σ(−z) = −σ(z), checked on a grid), so Ω = Π = Φ = 0 exactly."""
+    z = np.linspace(-4.0, 4.0, 41) + 0.0137
+    return bool(np.allclose(activation(-z), -np.asarray(activation(z)), rtol=1e-12, atol=1e-14))
+
+
+def _mask(E: LayerExpectations, X: np.ndarray, total: np.ndarray | None) -> np.ndarray:
+    return np.where(E.coincident, 0.0 if total is None else total, X)
+
+
+def _third(E: LayerExpectations, d1: int, d2: int) -> dict[int, np.ndarray]:
+    """{n_a: ⟨σ^(d1+n_a)_a σ^(d2+3−n_a)_b⟩} with the total ⟨∂³(σ^(d1)σ^(d2))⟩ on coinciding pairs."""
+    off = not E.coincident.all()
+    z = np.zeros((E.N, E.N))
+    return {n: _mask(E, E.pair(d1 + n, d2 + 3 - n) if off else z, E.total(d1, d2, 3) if n == 3 else None) for n in range(4)}
+
+
+def _third_contract(O: np.ndarray, E3: dict[int, np.ndarray]) -> np.ndarray:
+    """Σ_{β1β2β3} Ω_{β1β2β3} ⟨∂β1∂β2∂β3 (f_a g_b)⟩ for every pair (a, b) (8 slot assignments)."""
+    N = O.shape[0]
+    a = np.arange(N)[:, None] * np.ones((1, N), dtype=int)
+    b = a.T
+    out = np.zeros((N, N))
+    for t in itertools.product((0, 1), repeat=3):
+        idx = tuple(a if ti == 0 else b for ti in t)
+        out += O[idx] * E3[3 - sum(t)]
+    return out
+
+
+def _first_apply(X: np.ndarray, u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Σ_γ X[..., γ] ⟨∂_γ(f_a g_b)⟩ → out[..., a, b] = X[..., a] u_ab + X[..., b] w_ab."""
+    return X[..., :, None] * u + X[..., None, :] * w
+
+
+def _z1(K: np.ndarray, u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """⟨f_a g_b z_c⟩ = K_ca u_ab + K_cb w_ab (Stein), indexed [a, b, c]."""
+    return K.T[:, None, :] * u[:, :, None] + K.T[None, :, :] * w[:, :, None]
+
+
+def _z2(K: np.ndarray, op: PairOp) -> np.ndarray:
+    """⟨f_a g_b z_c z_d⟩ − ⟨f_a g_b⟩ K_cd = Σ_{βγ} K_cβ K_dγ ⟨∂β∂γ(f_a g_b)⟩, indexed [a, b, c, d]."""
+    Kca = K.T[:, None, :, None]  # [a, ., c, .]
+    Kda = K.T[:, None, None, :]
+    Kcb = K.T[None, :, :, None]
+    Kdb = K.T[None, :, None, :]
+    aa, ab, bb = (x[:, :, None, None] for x in (op.aa, op.ab, op.bb))
+    return Kca * Kda * aa + (Kca * Kdb + Kcb * Kda) * ab + Kcb * Kdb * bb
+
+
+def _outer(a, b):
+    return a[:, :, None, None] * b[None, None, :, :]
+
+
+def next_layer(net: ResidualMLP, s: Statistics, ell: int, order: str, rule=None) -> ResidualStatistics:
+    """Statistics of layer ℓ+1 from those of layer ℓ (``s``); recursions in docs/residual.md."""
+    h = net.effective_hyperparameters(ell + 1)
+    cb, C, lb, lw, g = h["c_b"], h["c_w"], h["lambda_b"], h["lambda_w"], h["gamma"]
+    E = LayerExpectations(net.activation, s.K, rule)
+    S00, S11 = E.pair(0, 0), E.pair(1, 1)
+    K = cb + C * S00 + g**2 * s.K
+    Theta = lb + lw * S00 + C * S11 * s.Theta + g**2 * s.Theta
+    fields = dict(K=K, Theta=Theta)
+    if order != "leading":
+        fields.update(_corrections(net, E, s, C, lw, g))
+    return ResidualStatistics(layer=ell + 1, width=net.widths[ell + 1], fan_in=s.width, quadrature_error=E.max_error, **fields)
+
+
+def _get(s: Statistics, name: str, N: int) -> np.ndarray:
+    x = getattr(s, name, None)
+    return np.zeros((N,) * 3) if x is None else np.asarray(x)
+
+
+def _corrections(net, E: LayerExpectations, s: Statistics, C: float, lw: float, g: float) -> dict:
+    r = s.width / s.fan_in
+    N = E.N
+    K, Th = E.K, np.asarray(s.Theta)
+    V, G1, H1, A, B, D, F = (np.asarray(getattr(s, n)) for n in ("V", "G1", "H1", "A", "B", "D", "F"))
+    Om, Pi, Phi = (_get(s, n, N) for n in ("Omega", "Pi", "Phi"))
+    odd_free = odd_tensors_vanish(net.activation)
+    g2, g4 = g * g, g**4
+
+    # --- Gaussian expectations at K^(ℓ)
+    S00, S11, S10 = E.pair(0, 0), E.pair(1, 1), E.pair(1, 0)
+    T0000 = E.quad((0, 0, 0, 0))
+    T1100 = E.quad((1, 1, 0, 0))
+    T0011 = T1100.transpose(2, 3, 0, 1)
+    T1111 = E.quad((1, 1, 1, 1))
+    T1010 = E.quad((1, 0, 1, 0))
+    Th12, Th34 = Th[:, :, None, None], Th[None, None, :, :]
+    S11_12, S11_34 = S11[:, :, None, None], S11[None, None, :, :]
+    Qm = lw * S00 + C * Th * S11  # ⟨q⟩, q_ab = λ_W σ_aσ_b + C Θ_ab σ'_aσ'_b
+    Sm = C * S00  # ⟨s⟩, s_ab = C σ_aσ_b
+
+    cov_ss = C**2 * (T0000 - _outer(S00, S00))
+    qq = lw**2 * T0000 + lw * C * (Th34 * T0011 + Th12 * T1100) + C**2 * Th12 * Th34 * T1111
+    cov_qq = qq - _outer(Qm, Qm)
+    cov_qs = C * (lw * T0000 + C * Th12 * T1100) - _outer(Qm, Sm)
+
+    op_ss, op_11 = E.pair_op(0, 0), E.pair_op(1, 1)
+    op_s = op_ss.scaled(C)  # ⟨∂∂ s_ab⟩
+    op_q = op_ss.scaled(lw) + op_11.scaled(C * Th)  # ⟨∂∂ q_ab⟩ (Θ held fixed)
+
+    # --- MLP part (branch with effective C, λ): theory/init.md §3, §5; ntk-nlo.md §1
+    Vs = apply_pair_op(V, op_s, 0)
+    Vq = apply_pair_op(V, op_q, 0)
+    Dq = apply_pair_op(D, op_q, 2)  # Σ_β D_{12β1β2} ⟨∂β1∂β2 q_34⟩
+    Ds = apply_pair_op(D, op_s, 2)
+    V_new = cov_ss + r * (0.25 * apply_pair_op(Vs, op_s, 2) + g4 * V)
+    G1_new = r * (C * (0.5 * apply_pair_op(G1, op_ss, 0) + 0.125 * fourth_contract(V, E.fourth(0, 0))) + g2 * G1)
+    half_C_Dq = 0.5 * C * S11_12 * Dq
+    A_new = cov_qq + r * (
+        0.25 * apply_pair_op(Vq, op_q, 2) + half_C_Dq + half_C_Dq.transpose(2, 3, 0, 1) + C**2 * S11_12 * S11_34 * A + g4 * A
+    )
+    D_new = cov_qs + r * (0.25 * apply_pair_op(Vq, op_s, 2) + 0.5 * C * S11_12 * Ds + g4 * D)
+    Th_pr_qs = Th[:, None, :, None] * Th[None, :, None, :]
+    B_new = C**2 * (Th_pr_qs * T1111 + r * S11[:, :, None, None] * S11[None, None] * B) + r * g4 * B
+    u10, w10 = E.first(1, 0)
+    F_new = C**2 * (Th[:, None, :, None] * T1010 + r * first_derivative_terms(F, u10, w10)) + r * g4 * F
+
+    F4s, F4p = E.fourth(0, 0), E.fourth(1, 1)
+    Eq4 = {n: lw * F4s[n] + C * Th * F4p[n] for n in range(5)}
+    Y = 0.5 * D + F.transpose(0, 2, 1, 3)  # Y_{abβ1β2} = ½ D_{abβ1β2} + F_{aβ1bβ2}: one-neuron ½(D + F + F)
+    a = np.arange(N)[:, None]
+    b = np.arange(N)[None, :]
+    DF = op_11.aa * Y[a, b, a, a] + op_11.ab * (Y[a, b, a, b] + Y[a, b, b, a]) + op_11.bb * Y[a, b, b, b]
+    H1_new = r * (0.5 * apply_pair_op(G1, op_q, 0) + 0.125 * fourth_contract(V, Eq4) + C * S11 * H1 + C * DF + g2 * H1)
+
+    # --- shortcut × branch cross terms (even, present for every σ when γ ≠ 0)
+    if g != 0.0:
+        Z2s = _z2(K, op_s)  # Cov_K(s_12, z_3 z_4)
+        Z2q = _z2(K, op_q)  # Cov_K(q_12, z_3 z_4)
+        # n Cov(Ĝ_12, z_k3 z_k4) and n Cov(Ĵ_12, z_k3 z_k4) (Ĵ: the NTK metric of the branch)
+        Ys = Z2s + r * 0.5 * Vs
+        Yq = Z2q + r * (0.5 * Vq + C * S11_12 * D)
+        # n Cov(Ĥ_ii;12, Ĝ_34) and n Cov(Ĵ_12, Ĥ_kk;34)
+        Hs = r * 0.5 * Ds
+        Jq = r * (0.5 * Dq.transpose(2, 3, 0, 1) + C * S11_12 * A)
+        V_new = V_new + g2 * (Ys + Ys.transpose(2, 3, 0, 1))
+        D_new = D_new + g2 * (Yq + Hs)
+        A_new = A_new + g2 * (Jq + Jq.transpose(2, 3, 0, 1))
+        # B: Σ_j W σ' Ĥ cross terms squared
+        B_new = B_new + g2 * C * (S11[:, :, None, None] + S11[None, None, :, :]) * (Th_pr_qs + r * B)
+        # F: cross terms (c) and (d) of docs/residual.md
+        Z1f = _z1(K, u10, w10)  # ⟨σ'_p σ_q z_s⟩ indexed [p, q, s]
+        ar = np.arange(N)
+        Fpp = F[ar, ar]  # F_{p p r s} indexed [p, r, s]
+        dF_f = u10[:, :, None, None] * Fpp[:, None, :, :] + w10[:, :, None, None] * F  # Σ_β⟨∂β(σ'_pσ_q)⟩F_{pβrs}
+        Frr = F[:, :, ar, ar]  # F_{p q r r} indexed [p, q, r]
+        dF_g = u10[None, None, :, :] * Frr[:, :, :, None] + w10[None, None, :, :] * F  # Σ_β⟨∂β(σ'_rσ_s)⟩F_{pqrβ}
+        Z1g = np.einsum("rsq->qrs", Z1f)[None]  # ⟨z_q σ'_r σ_s⟩ as [p, q, r, s]
+        F_new = F_new + g2 * C * (Th[:, None, :, None] * (Z1f[:, :, None, :] + Z1g) + r * (dF_f + dF_g))
+
+    out = dict(V=V_new, G1=G1_new, H1=H1_new, A=A_new, B=B_new, D=D_new, F=F_new)
+
+    # --- odd (three-point) tensors and their feedback (non-odd σ with γ ≠ 0 somewhere below)
+    zero3 = np.zeros((N,) * 3)
+    have_odd = not odd_free and (g != 0.0 or np.any(Om) or np.any(Pi) or np.any(Phi))
+    if not have_odd:
+        out.update(Omega=zero3, Pi=zero3, Phi=zero3)
+        return out
+
+    u00, w00 = E.first(0, 0)
+    u11, w11 = E.first(1, 1)
+    us, ws = C * u00, C * w00  # ⟨∂ s_ab⟩
+    uq, wq = lw * u00 + C * Th * u11, lw * w00 + C * Th * w11  # ⟨∂ q_ab⟩
+
+    # cross-neuron covariance pieces ½ΣΩ(⟨∂∂f⟩⟨∂g⟩ + ⟨∂f⟩⟨∂∂g⟩)
+    Om_s = apply_pair_op(Om, op_s, 0)  # [a, b, γ] = Σ_β Ω_{β1β2γ} ⟨∂β1∂β2 s_ab⟩
+    Om_q = apply_pair_op(Om, op_q, 0)
+
+    def om_cross(Pf_om, uf, wf, Pg_om, ug, wg):
+        # ½ Σ Ω ⟨∂∂f_12⟩⟨∂g_34⟩ + ½ Σ Ω ⟨∂f_12⟩⟨∂∂g_34⟩ as [1, 2, 3, 4]
+        t1 = _first_apply(Pf_om, ug, wg)  # [a, b, c, d]
+        t2 = _first_apply(Pg_om, uf, wf).transpose(2, 3, 0, 1)
+        return 0.5 * (t1 + t2)
+
+    Pi_s = _first_apply(Pi, us, ws)  # Σ_β Π_{12β} ⟨∂β s_34⟩, [1, 2, 3, 4]
+    Pi_q = _first_apply(Pi, uq, wq)
+
+    out["V"] = out["V"] + r * om_cross(Om_s, us, ws, Om_s, us, ws)
+    out["D"] = out["D"] + r * (om_cross(Om_q, uq, wq, Om_s, us, ws) + C * S11_12 * Pi_s)
+    out["A"] = out["A"] + r * (
+        om_cross(Om_q, uq, wq, Om_q, uq, wq) + C * S11_12 * Pi_q + (C * S11_12 * Pi_q).transpose(2, 3, 0, 1)
+    )
+    # F: Σ_β⟨∂β f_pq⟩⟨g_rs⟩Φ_{pβr} + ⟨f_pq⟩Σ_β⟨∂β g_rs⟩Φ_{rβp}, f = g = σ'σ
+    ar = np.arange(N)
+    Phi_pp = Phi[ar, ar]  # Φ_{p p r} indexed [p, r]
+    dPhi = u10[:, :, None] * Phi_pp[:, None, :] + w10[:, :, None] * Phi  # [p, q, r] = Σ_β⟨∂β(σ'_pσ_q)⟩Φ_{pβr}
+    phi_f = dPhi[:, :, :, None] * S10[None, None, :, :]  # [p, q, r, s] (s enters through ⟨g_rs⟩)
+    out["F"] = out["F"] + C**2 * r * (phi_f + phi_f.transpose(2, 3, 0, 1))
+    # one-neuron third cumulant in E[f(z_j)]: ½ΣΩ⟨∂³ f⟩
+    E3s, E3p = _third(E, 0, 0), _third(E, 1, 1)
+    E3q = {n: lw * E3s[n] + C * Th * E3p[n] for n in range(4)}
+    out["G1"] = out["G1"] + r * C * 0.5 * _third_contract(Om, E3s)
+    P1 = _one_neuron_ntk_three_point(Pi, Phi)
+    out["H1"] = out["H1"] + r * (0.5 * _third_contract(Om, E3q) + C * (u11 * P1[a, b, a] + w11 * P1[a, b, b]))
+
+    if g != 0.0:
+        Omega_new = r * g**3 * Om + g * (_z1(K, us, ws) + r * 0.5 * Om_s)
+        Pi_new = r * g**3 * Pi + g * (_z1(K, uq, wq) + r * (0.5 * Om_q + C * S11[:, :, None] * Pi))
+        Phi_new = r * g**3 * Phi + g * C * (Th[:, None, :] * S10[:, :, None] + r * dPhi)
+        # shortcut cross terms of V, D, A, F involving the odd tensors
+        Om_zz = _first_apply(Om, us, ws).transpose(2, 3, 0, 1)  # Σ_γ Ω_{34γ}⟨∂γ s_12⟩ as [1, 2, 3, 4]
+        Om_zzq = _first_apply(Om, uq, wq).transpose(2, 3, 0, 1)
+        out["V"] = out["V"] + g2 * r * (Om_zz + Om_zz.transpose(2, 3, 0, 1))
+        out["D"] = out["D"] + g2 * r * (Om_zzq + Pi_s)
+        Jodd = r * _first_apply(Pi, uq, wq).transpose(2, 3, 0, 1)  # Σ_β Π_{34β}⟨∂β q_12⟩
+        out["A"] = out["A"] + g2 * (Jodd + Jodd.transpose(2, 3, 0, 1))
+        # F (c): ⟨f_pq⟩Φ_{rsp}; (d): ⟨g_rs⟩Φ_{pqr}
+        Phi_rsp = np.einsum("rsp->prs", Phi)[:, None, :, :]  # Φ_{rsp} as [p, q, r, s]
+        out["F"] = out["F"] + g2 * C * r * (S10[:, :, None, None] * Phi_rsp + Phi[:, :, :, None] * S10[None, None, :, :])
+    else:
+        Omega_new = Pi_new = Phi_new = zero3
+    out.update(Omega=Omega_new, Pi=Pi_new, Phi=Phi_new)
+    return out
+
+
+def _one_neuron_ntk_three_point(Pi: np.ndarray, Phi: np.ndarray) -> np.ndarray:
+    """P1_{12β} = n E[ΔĤ_{ii;12} z_{i;β}] = Π_{12β} + Φ_{1β2} + Φ_{2β1}, indexed [1, 2, β]."""
+    return Pi + Phi.transpose(0, 2, 1) + np.einsum("bca->abc", Phi)
