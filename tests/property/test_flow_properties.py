@@ -4,7 +4,8 @@ Structural facts that hold for every architecture, activation and input set, ind
 the values of the Gaussian integrals:
 
 * K and Θ are symmetric positive semi-definite at every layer (Θ' = λ_b + λ_W⟨σσ⟩ + C⟨σ'σ'⟩∘Θ is
-  a sum of PSD matrices, by the Schur product theorem);
+  a sum of PSD matrices, by the Schur product theorem), and so are the NTK covariances A + 2B
+  and B as matrices over input pairs;
 * the symmetries of V, A, B, D, F, G1, H1 (init.md §3, §5 and pitfall 6);
 * homogeneity for scale-invariant σ at C_b = 0 (and λ_b = 0 for the NTK tensors);
 * the tensors depend on the widths only through the ratios r_ℓ, so the metric K + G1/n → K as
@@ -21,9 +22,7 @@ from __future__ import annotations
 
 import itertools
 
-import attrs
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -147,10 +146,18 @@ def test_tensor_symmetries(case):
         _close(F, F.transpose(2, 3, 0, 1), tol, f"layer {s.layer} F")
         _close(B, B.transpose(2, 3, 0, 1), tol, f"layer {s.layer} B (pr)(qs)")
         _close(B, B.transpose(1, 0, 3, 2), tol, f"layer {s.layer} B neuron swap")
-        # one-neuron connected four-point is fully symmetric; the NTK variance A + 2B is PSD
+        # one-neuron connected four-point is fully symmetric
         V1 = V + V.transpose(0, 2, 1, 3) + V.transpose(0, 2, 3, 1)
         for perm in itertools.permutations(range(4)):
             _close(V1, V1.transpose(perm), tol, f"layer {s.layer} V one-neuron {perm}")
+        # n·Cov(Ĥ_ii;α1α2, Ĥ_ii;α3α4) → A + 2B and n·E[Ĥ_ik;pr Ĥ_ik;qs] → B are covariance / Gram
+        # matrices over input pairs, hence PSD (the connected V + V + V is not: n·Cov(z_i z_i) also
+        # holds the O(n) Gaussian part)
+        N = V.shape[0]
+        A1 = A + B.transpose(0, 2, 1, 3) + B.transpose(0, 2, 3, 1)
+        for name, T in (("A + 2B", A1), ("B", B.transpose(0, 2, 1, 3))):
+            lam = np.linalg.eigvalsh(T.reshape(N * N, N * N))
+            assert lam.min() >= -tol * max(1.0, lam.max()), f"layer {s.layer} {name} eigenvalues {lam}"
 
 
 # ---------------------------------------------------------------------------------------------

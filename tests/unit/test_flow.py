@@ -73,7 +73,7 @@ def test_deep_linear_multi_input_matches_exact_law():
         s = f.layer(ell)
         np.testing.assert_allclose(s.K, G2[ell - 1], rtol=1e-12)
         scale = np.max(np.abs(V_inf[ell - 1])) if ell > 1 else 1.0
-        np.testing.assert_allclose(s.V, V_inf[ell - 1], rtol=0, atol=1e-7 * scale, err_msg=f"layer {ell}")
+        np.testing.assert_allclose(s.V, V_inf[ell - 1], rtol=0, atol=1e-8 * scale, err_msg=f"layer {ell}")
         np.testing.assert_allclose(s.G1, 0.0, atol=1e-10 * np.max(np.abs(s.K)))
         np.testing.assert_allclose(s.H1, 0.0, atol=1e-10 * np.max(np.abs(s.Theta)))
 

@@ -13,13 +13,15 @@ Every O(1) and O(1/n) statistic that the flow predicts is compared with Monte Ca
 * G1 and H1: n_{ℓ−1}(E[zz] − K) and n_{ℓ−1}(E[Ĥ] − Θ), extrapolated the same way.
 
 Tolerance (style rule 8): |a − theory| ≤ 4 standard errors of a for every symmetry-distinct
-component, plus χ²/dof = mean z² < 2 over all of them.  Everything is seeded.  Widths are
+component, plus the summary χ²/dof = mean z² < 2 (for the four-point tensors of the fast runs and
+for everything in the slow runs).  Everything is seeded.  Widths are
 (n_0, n, 2n, n, n_L), so both r_ℓ = 2 and r_ℓ = ½ occur, with layer-dependent C_b, C_W, λ_b, λ_W.
 A "wrong variant" check shows the comparison can tell: dropping the width ratio r_ℓ from the
 inherited terms, or dropping G1 from the metric, is rejected by the same data.
 
-``pytest -s`` prints the comparison tables; ``-m slow`` adds larger runs in the spirit of the
-init.md §7 runs R2 (ReLU) and T3 (tanh, three inputs).
+``pytest -s`` prints the comparison tables; ``-m slow`` adds larger runs at three widths: the
+configurations of the init.md §7 runs R2 (ReLU) and T3 (tanh, three inputs), and a depth-5 tanh
+run T5.  Measured numbers: docs/verification.md.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ K_SIGMA = 4.0
 CHUNK = 256  # networks per chunk: keeps the per-chunk NTK arrays in cache (faster, less memory)
 
 FOUR_POINT = ("V", "V_one_neuron", "A", "A_one_neuron", "B", "D", "D_one_neuron", "F")
-NLO = (("K", "K", "G1"), ("Theta", "Theta", "H1"))  # (ensemble field, leading-order field, 1/n field)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +383,8 @@ def test_leading_order_metric_alone_is_rejected(name):
     flows, ensembles = measure(run)
     f, e = flows[0], ensembles[0]
     z = max(float(np.max(np.abs(e.layer(ell).K.z_score(f.layer(ell).K)))) for ell in range(3, len(f) + 1))
+    z_right = max(float(np.max(np.abs(e.layer(ell).K.z_score(f.layer(ell).metric())))) for ell in range(3, len(f) + 1))
+    print(f"\n{name}, n = {run.ns[0]}: max|z| of E[zz] vs K alone = {z:.1f}, vs K + G1/n = {z_right:.1f}")
     assert z > 10.0, f"{name}: K alone is within {z:.1f} SE of E[zz]"
 
 
@@ -398,10 +401,16 @@ def test_flow_vs_ensemble_large(name):
     flows, ensembles = measure(run)
     rows = extrapolated_rows(flows, ensembles, run.ns, degree=run.degree)
     direct = direct_rows(flows[-1], ensembles[-1])
-    chi2_dof, zmax = report(f"{name}: all tensors extrapolated (degree {run.degree} in 1/n) over widths {run.ns}, sizes {run.sizes}", rows)
-    chi2_direct, zmax_direct = report(f"{name}: K, Theta directly at n = {run.ns[-1]}", direct)
+    report(f"{name}: all tensors extrapolated (degree {run.degree} in 1/n) over widths {run.ns}, sizes {run.sizes}", rows)
+    report(f"{name}: K, Theta directly at n = {run.ns[-1]}", direct)
     fit_chi2 = float(np.mean([r.fit_chi2 for r in rows]))
     dof = len(run.ns) - run.degree - 1
-    print(f"{name}: mean fit chi2 ({dof} dof) = {fit_chi2:.2f}; wall time {time.perf_counter() - t0:.0f} s")
-    assert chi2_dof < 2.0 and zmax < K_SIGMA, (chi2_dof, zmax)
-    assert chi2_direct < 2.0 and zmax_direct < K_SIGMA, (chi2_direct, zmax_direct)
+    z = np.array([r.z for r in rows + direct])
+    chi2_dof, zmax = float(np.mean(z**2)), float(np.max(np.abs(z)))
+    print(
+        f"{name}: SUMMARY {len(z)} comparisons, chi2/dof = {chi2_dof:.2f}, max|z| = {zmax:.2f}; "
+        f"mean fit chi2 ({dof} dof) = {fit_chi2:.2f}; wall time {time.perf_counter() - t0:.0f} s"
+    )
+    # components are correlated (layers share networks), so χ²/dof is a summary, not a χ² test
+    assert chi2_dof < 2.0, f"{name}: chi2/dof = {chi2_dof:.2f} over {len(z)} comparisons"
+    assert_rows(rows + direct, name)
