@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ensemble, errors
+from . import ensemble, errors, interop, plotting
 from .activation import Activation
 from .architecture import Architecture
 from .errors import (
     AccuracyWarning,
+    MissingDependencyError,
     NoCriticalityError,
     NumericalError,
     ParameterError,
@@ -47,6 +48,9 @@ __all__ = [
     "learning_rate_schedule",
     "susceptibilities",
     "ensemble",
+    "interop",
+    "plotting",
+    "MissingDependencyError",
     "Statistics",
     "expect",
     "get_plugin_manager",

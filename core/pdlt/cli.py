@@ -56,6 +56,7 @@ _DEFAULTS: dict[str, Any] = {
     "leading": False,
     "seed": 0,
     "save": None,
+    "plot": None,
     "json": False,
     "progress": True,
 }
@@ -63,9 +64,9 @@ _RUN_SIZE = 2000
 _COMPARE_SIZE = 10_000
 _CONFIG_KEYS = {
     "flow": ("activation", "params", "depth", "width", "widths", "output_dim", "c_b", "c_w", "lambda_b",
-             "lambda_w", "critical", "inputs", "leading", "save", "json"),
+             "lambda_w", "critical", "inputs", "leading", "save", "plot", "json"),
     "compare": ("activation", "params", "depth", "width", "widths", "output_dim", "c_b", "c_w", "lambda_b",
-                "lambda_w", "critical", "inputs", "size", "seed", "save", "json", "progress"),
+                "lambda_w", "critical", "inputs", "size", "seed", "save", "plot", "json", "progress"),
     "run": ("activation", "params", "depth", "width", "widths", "output_dim", "c_b", "c_w", "lambda_b",
             "lambda_w", "critical", "inputs", "size", "seed", "json", "progress"),
 }
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", "-p", metavar="KEY=VALUE", action="append", type=_key_value, dest="param",
                    help="activation parameter, repeatable")
     p.add_argument("--json", action="store_true", default=None, help="machine-readable output")
+    p.add_argument("--plot", metavar="FILE", help="write the phase diagram (χ_∥, χ_⊥ and K* vs C_W) to FILE (.png, .pdf, .svg; needs pdlt[plot])")
     p.set_defaults(func=_cmd_criticality)
 
     p = sub.add_parser("flow", help="per-layer statistics K, Θ, V, … of a network (theory)",
@@ -206,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     _network_options(p, leading=True)
     p.add_argument("--json", action="store_true", default=None, help="machine-readable output (all tensors)")
     p.add_argument("--save", metavar="OUT.npz", help="save the flow (.npz with JSON metadata, no pickle)")
+    p.add_argument("--plot", metavar="FILE", help="write a figure of the flow over depth to FILE (.png, .pdf, .svg; needs pdlt[plot])")
     p.set_defaults(func=_cmd_flow)
 
     p = sub.add_parser("compare", help="theory vs an ensemble of real networks at the output layer",
@@ -214,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ensemble_options(p, _COMPARE_SIZE)
     p.add_argument("--json", action="store_true", default=None, help="machine-readable output (all components)")
     p.add_argument("--save", metavar="OUT.npz", help="save the ensemble statistics (.npz, no pickle)")
+    p.add_argument("--plot", metavar="FILE", help="write a figure of theory vs ensemble over depth to FILE (needs pdlt[plot])")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("plugins", help="registered activations, architectures, learning algorithms, observables",
@@ -300,6 +304,7 @@ def _coerce_config_value(path: str, key: str, norm: str, value: Any) -> Any:
         "json": _bool,
         "progress": _bool,
         "save": lambda v: v if isinstance(v, str) else _fail("a file path"),
+        "plot": lambda v: v if isinstance(v, str) else _fail("a file path"),
         "params": _params_value,
         "inputs": lambda v: v if isinstance(v, (str, list)) else _fail("a file path or a list of input rows"),
     }
@@ -592,16 +597,35 @@ def _cmd_flow(ns: argparse.Namespace) -> int:
     from .flow import flow
 
     opts = _resolve(ns, "flow")
+    if opts.plot:
+        _require_plotting()
     X, source = _inputs(opts)
     net = _make_network(opts, X)
     fl = flow(net, X, order="leading" if opts.leading else "full")
     if opts.save:
         _save(fl.to_npz, opts.save, "flow")
+    if opts.plot:
+        from .plotting import plot_flow
+
+        _save_figure(plot_flow(fl, ("K", "Theta") if opts.leading else ("K", "V/(nK^2)")), opts.plot)
     if opts.json:
         _print_json({"command": "flow", **_flow_dict(fl, net, X)}, compact=True)
     else:
         print(_flow_text(fl, net, source))
     return 0
+
+
+def _require_plotting() -> None:
+    """Fail before a long computation when --plot cannot be honoured (matplotlib missing)."""
+    from .plotting import require_matplotlib
+
+    require_matplotlib()
+
+
+def _save_figure(fig, path: str) -> None:
+    from .plotting import savefig
+
+    _save(lambda p: savefig(fig, p), path, "figure")
 
 
 def _save(writer: Callable[[str], None], path: str, what: str) -> None:
@@ -712,6 +736,8 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     from .flow import flow
 
     opts = _resolve(ns, "compare")
+    if opts.plot:
+        _require_plotting()
     X, source = _inputs(opts)
     net = _make_network(opts, X)
     fl = flow(net, X, order="full")
@@ -719,6 +745,12 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     comps = _comparisons(fl[-1], ens[-1])
     if opts.save:
         _save(ens.to_npz, opts.save, "ensemble statistics")
+    if opts.plot:
+        from .plotting import plot_comparison
+
+        # cross-neuron V, A are undefined in a layer of width 1: compare one-neuron combinations there
+        names = ("K", "Theta", "V", "A") if ens[-1].width >= 2 else ("K", "Theta", "V_one_neuron", "A_one_neuron")
+        _save_figure(plot_comparison(fl, ens, names), opts.plot)
     if opts.json:
         _print_json({"command": "compare", "network": _network_dict(net), "inputs": X, **_comparison_dict(comps, ens)},
                     compact=True)
@@ -740,12 +772,21 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
 
 # =============================================================================== criticality
 def _cmd_criticality(ns: argparse.Namespace) -> int:
+    if ns.plot:
+        _require_plotting()
     act = _make_activation(ns.activation, dict(ns.param or []))
     report = _criticality_function()(act)
     if ns.json:
         _print_json({"command": "criticality", "activation": act.name, **report.to_dict()})
     else:
         print(report.summary())
+    if ns.plot:
+        from .plotting import plot_phase_diagram
+
+        # around the critical C_W on the critical C_b line; without criticality, C_b = 0 and C_W in (0, 3]
+        c_b = report.c_b if report.c_w is not None else 0.0
+        c_w_range = (0.1 * report.c_w, 2.5 * report.c_w) if report.c_w is not None else (0.05, 3.0)
+        _save_figure(plot_phase_diagram(act, c_w_range, c_b), ns.plot)
     return 0
 
 

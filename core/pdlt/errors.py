@@ -17,6 +17,7 @@ __all__ = [
     "UnknownNameError",
     "NumericalError",
     "NoCriticalityError",
+    "MissingDependencyError",
     "PdltWarning",
     "AccuracyWarning",
     "RegimeWarning",
@@ -47,6 +48,10 @@ class NumericalError(PdltError, ArithmeticError):
 
 class NoCriticalityError(PdltError, ValueError):
     """The activation admits no critical initialization."""
+
+
+class MissingDependencyError(PdltError, ImportError):
+    """An optional dependency (an extra such as ``pdlt[plot]``) is not installed."""
 
 
 class PdltWarning(UserWarning):
