@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ensemble, errors, interop, plotting
+from . import ensemble, errors, interop, plotting, training
 from .activation import Activation
 from .architecture import Architecture
 from .errors import (
@@ -32,6 +32,8 @@ from .criticality import criticality as criticality  # the function shadows the 
 from .flow import Flow, Statistics
 from .flow import flow as flow  # the function shadows the module name on purpose (pdlt.flow(net, X))
 from .gaussian import expect
+from .learning import ErrorDecomposition, LearningAlgorithm, Regime, TrainedDistribution
+from .solver import solve
 from .plugins import get_plugin_manager, lookup
 
 __version__ = "0.1.0"
@@ -48,6 +50,12 @@ __all__ = [
     "learning_rate_schedule",
     "susceptibilities",
     "ensemble",
+    "solve",
+    "LearningAlgorithm",
+    "TrainedDistribution",
+    "ErrorDecomposition",
+    "Regime",
+    "training",
     "interop",
     "plotting",
     "MissingDependencyError",

@@ -26,8 +26,8 @@ __all__ = [
     "Regime",
     "REGIME_THRESHOLDS",
     "expand_outputs",
-    "kernel_condition",
     "psd_eigh",
+    "validate_labels",
 ]
 
 #: Thresholds of :class:`Regime`: ``condition`` bounds the condition number of the training-set
@@ -61,18 +61,6 @@ def expand_outputs(C: np.ndarray, n_outputs: int) -> np.ndarray:
     """δ_ij ⊗ C: a per-output covariance C (N, N) as the full (N, n_L, N, n_L) array."""
     C = np.asarray(C, dtype=float)
     return C[:, None, :, None] * np.eye(n_outputs)[None, :, None, :]
-
-
-def kernel_condition(M: np.ndarray) -> float:
-    """Condition number λ_max/λ_min of a symmetric positive semi-definite matrix (inf if singular)."""
-    M = np.asarray(M, dtype=float)
-    if M.size == 0:
-        return 1.0
-    w = np.linalg.eigvalsh(0.5 * (M + M.T))
-    lo, hi = float(w[0]), float(w[-1])
-    if hi <= 0 or lo <= hi * np.finfo(float).eps * M.shape[0]:
-        return float("inf")
-    return hi / lo
 
 
 def psd_eigh(M: np.ndarray, name: str, owner: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -316,9 +304,7 @@ class TrainedDistribution:
     @property
     def variance(self) -> np.ndarray:
         """Var[z_{i;β̇}] with the correction, shape (N_test, n_L)."""
-        C = self.covariance
-        N, m = self.mean_infinite.shape
-        return np.einsum("aiai->ai", C).copy()
+        return np.einsum("aiai->ai", self.covariance).copy()
 
     def covariance_matrix(self, output: int = 0) -> np.ndarray:
         """The (N_test, N_test) covariance block of one output component."""
@@ -382,7 +368,7 @@ class TrainedDistribution:
         ErrorDecomposition
             ``bias_squared = (E[z] − y)²`` and ``variance = Var[z]`` per point and output.
         """
-        y = _labels(y_test, self.n_test, self.n_outputs, "y_test", "TrainedDistribution.test_error")
+        y = validate_labels(y_test, self.n_test, self.n_outputs, "y_test", "TrainedDistribution.test_error")
         mean = self.mean if corrected else self.mean_infinite
         cov = self.covariance if corrected else self.covariance_infinite
         var = np.einsum("aiai->ai", cov)
@@ -417,7 +403,8 @@ class TrainedDistribution:
         return draws.reshape(int(size), N, m)
 
 
-def _labels(y, N: int, n_outputs: int | None, name: str, owner: str) -> np.ndarray:
+def validate_labels(y, N: int, n_outputs: int | None, name: str, owner: str) -> np.ndarray:
+    """Labels as a float64 (N, n_L) array ((N,) is read as one output), checked for shape and finiteness."""
     y = np.asarray(y, dtype=float)
     if y.ndim == 1:
         y = y[:, None]

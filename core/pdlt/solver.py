@@ -18,7 +18,7 @@ import numpy as np
 from .architecture import Architecture
 from .errors import ParameterError
 from .flow import Flow, Statistics, validate_inputs
-from .learning import LearningAlgorithm, TrainedDistribution, _labels
+from .learning import LearningAlgorithm, TrainedDistribution, validate_labels
 
 __all__ = ["solve", "duplicate_rows"]
 
@@ -68,7 +68,9 @@ def solve(
         Passed to :func:`pdlt.flow`.
     statistics : Statistics or Flow, optional
         Precomputed output-layer statistics on the concatenated inputs (X_train then X_test),
-        e.g. to reuse an expensive flow; ``order`` and ``quadrature`` are then ignored.
+        e.g. to reuse an expensive flow; ``order`` and ``quadrature`` are then ignored.  If they were
+        computed at another width n_{L−1} (same aspect ratios), the corrections are rescaled to
+        ``net``'s width.
     warn_regime : bool
         Emit a :class:`~pdlt.errors.RegimeWarning` when the expansion is unreliable.
 
@@ -89,8 +91,9 @@ def solve(
     Examples
     --------
     >>> import numpy as np, pdlt
+    >>> from pdlt.solver import solve
     >>> net = pdlt.MLP(input_dim=1, hidden_widths=[64], activation=pdlt.activation("tanh"))
-    >>> d = pdlt.solve(net, pdlt.NewtonStep(), [[-1.0], [1.0]], [0.5, -0.5], [[0.0]], order="leading")
+    >>> d = solve(net, pdlt.NewtonStep(), [[-1.0], [1.0]], [0.5, -0.5], [[0.0]], order="leading")
     >>> d.mean.shape, d.covariance.shape
     ((1, 1), (1, 1, 1, 1))
     """
@@ -111,7 +114,7 @@ def solve(
     Xa = validate_inputs(X_train, net.input_dim, "X_train", "solve")
     Xb = validate_inputs(X_test, net.input_dim, "X_test", "solve")
     N_A, N_B = Xa.shape[0], Xb.shape[0]
-    y = _labels(y_train, N_A, net.output_dim, "y_train", "solve")
+    y = validate_labels(y_train, N_A, net.output_dim, "y_train", "solve")
     dups = duplicate_rows(Xa)
     if dups and not algorithm.allows_duplicate_inputs():
         shown = ", ".join(f"{a} and {b}" for a, b in dups[:5])
@@ -129,6 +132,11 @@ def solve(
                 "The 'statistics' parameter of solve must be the output-layer Statistics (or Flow) on the "
                 f"{N_A + N_B} concatenated inputs (X_train then X_test). Got {statistics!r} instead."
             )
+        if stats.width != net.output_dim:
+            raise ParameterError(
+                f"The 'statistics' parameter of solve must be for output_dim = {net.output_dim} outputs. "
+                f"Got statistics of an output layer of width {stats.width} instead."
+            )
         if corrections and order is None and not stats.has_corrections:
             corrections = False
     else:
@@ -141,6 +149,11 @@ def solve(
     both = np.concatenate([test, train])
     full = algorithm.trained_distribution(stats, train, y, both, corrections=corrections)
     dist = _split(full, N_B)
+    width = net.widths[-2]
+    if dist.width != width:
+        # precomputed statistics of a network with another n_{L−1}: the output-layer tensors depend on
+        # the widths only through the aspect ratios, so the corrections are rescaled to this network
+        dist = dist.at_width(width)
     if warn_regime:
         dist.check_regime(stacklevel=3)
     return dist

@@ -33,11 +33,19 @@ from typing import ClassVar
 import attrs
 import numpy as np
 
-from pdlt.errors import ParameterError
+from pdlt.errors import NumericalError, ParameterError
 from pdlt.hookspecs import hookimpl
-from pdlt.learning import LearningAlgorithm, TrainedDistribution, _labels, expand_outputs, psd_eigh
+from pdlt.learning import LearningAlgorithm, TrainedDistribution, validate_labels, expand_outputs, psd_eigh
 
-__all__ = ["Bayesian", "GradientDescent", "NewtonStep", "algorithm_tensors", "FiniteWidthTerms"]
+__all__ = [
+    "Bayesian",
+    "GradientDescent",
+    "NewtonStep",
+    "FiniteWidthTerms",
+    "algorithm_tensors",
+    "newton_tensors",
+    "finite_steps_mean_correction",
+]
 
 _DNTK = ("P", "Q", "R", "S", "T", "U")
 _NLO = ("V", "G1", "A", "B", "D", "F")
@@ -186,7 +194,8 @@ def newton_tensors(h: np.ndarray) -> FiniteWidthTerms:
 
 class _Blocks:
     """Sub-blocks of the rank-4 statistics with some slots on the rows R (evaluation points, then
-    the training set) and the others on A, the A-slots rotated into the eigenbasis (cached)."""
+    the training set) and the others on A, the A-slots rotated into the eigenbasis (cached).
+    With ``zero_dntk`` (include_dntk=False) P, Q, R, S, T, U are read as zero."""
 
     def __init__(self, stats, R: np.ndarray, A: np.ndarray, O: np.ndarray, zero_dntk: bool):
         self.stats = stats
@@ -200,7 +209,7 @@ class _Blocks:
         key = ("raw", name, r_slots)
         if key not in self._cache:
             X = getattr(self.stats, name)
-            if X is None and name in _DNTK and self.zero_dntk:
+            if name in _DNTK and (self.zero_dntk or X is None):
                 shape = tuple(len(self.R) if k in r_slots else len(self.A) for k in range(4))
                 self._cache[key] = np.zeros(shape)
             else:
@@ -432,6 +441,320 @@ class _GradientEngine:
 
 
 # ---------------------------------------------------------------------------------------------
+# finite number of steps: the same averaging with time-summed weights
+
+
+#: δ-structures of the flattened moments (training.md §0): (tensor, pair, pair, index order of the
+#: stored sample tensor in terms of the four slots).
+_MOMENTS = {
+    "G4": (("P", (0, 3), (1, 2), (0, 1, 2, 3)), ("Q", (0, 1), (2, 3), (0, 1, 2, 3)), ("Q", (0, 2), (1, 3), (0, 2, 1, 3))),
+    "RI": (("R", (0, 1), (2, 3), (0, 1, 2, 3)), ("R", (0, 2), (1, 3), (0, 2, 3, 1)), ("R", (0, 3), (1, 2), (0, 3, 1, 2))),
+    "RII": (("S", (0, 1), (2, 3), (0, 1, 2, 3)), ("T", (0, 2), (1, 3), (0, 2, 3, 1)), ("U", (0, 3), (1, 2), (0, 3, 1, 2))),
+    "AB": (("A", (0, 1), (2, 3), (0, 1, 2, 3)), ("B", (0, 2), (1, 3), (0, 2, 1, 3)), ("B", (0, 3), (1, 2), (0, 3, 1, 2))),
+}
+
+
+def _reduce(kind: str, slots: tuple, ys: tuple, Ks: tuple, var: dict):
+    """Sum over output indices of one flattened moment times label factors.
+
+    Parameters
+    ----------
+    kind : key of :data:`_MOMENTS`
+    slots : 4 sample labels of the moment's slots ("I" is the evaluation slot)
+    ys : labels x carrying a factor y_{k_x; x}
+    Ks : pairs (x, x') carrying δ_{k_x k_x'} K_{x x'}
+    var : label → output variable (labels sharing a variable are the same flattened index)
+
+    Returns
+    -------
+    list of (tensor name, tensor labels, y labels with output i, Y pairs, K pairs, power of n_L)
+    """
+    out = []
+    for name, p1, p2, order in _MOMENTS[kind]:
+        parent = {}
+
+        def find(v):
+            while parent.get(v, v) != v:
+                v = parent[v]
+            return v
+
+        def union(u, v):
+            parent[find(u)] = find(v)
+
+        for p, q in (p1, p2):
+            union(var[slots[p]], var[slots[q]])
+        for x, x2 in Ks:
+            union(var[x], var[x2])
+        comps: dict = {}
+        allvars = {var[l] for l in slots} | {var[x] for x in ys} | {var[x] for K in Ks for x in K}
+        for v in allvars:
+            comps.setdefault(find(v), []).append(v)
+        yi, Ypairs, power = [], [], 0
+        root_i = find("i")
+        for root in comps:
+            ylab = [x for x in ys if find(var[x]) == root]
+            if root == root_i:
+                if len(ylab) != 1:
+                    raise AssertionError("internal: the evaluation output must carry exactly one label")
+                yi.append(ylab[0])
+            elif not ylab:
+                power += 1
+            elif len(ylab) == 2:
+                Ypairs.append(tuple(ylab))
+            else:
+                raise AssertionError("internal: unmatched output sum")
+        out.append((name, tuple(slots[k] for k in order), tuple(yi), tuple(Ypairs), tuple(Ks), power))
+    return out
+
+
+def _mean_terms(patterns):
+    """Expand weighted flattened patterns into sample-index terms of the trained mean.
+
+    ``patterns``: (coefficient, kind, dĤ-or-ddĤ slot labels, weight name).  dNTK patterns ("G4")
+    have three slots {I, a, b} contracted with ε_a ε_b: E[dĤ ε_a ε_b] = −E[dĤ z_a] y_b − E[dĤ z_b] y_a.
+    ddNTK patterns have four slots {I, a, b, c} contracted with ε_a ε_b ε_c:
+    E[ε_a ε_b ε_c] = −(y_a y_b y_c + K_ab y_c + K_ac y_b + K_bc y_a).  The ΔNTK patterns ("AB") are
+    added by the caller.  Returns (coefficient, weight, tensor, labels, y_i labels, Y pairs, K pairs, n_L power).
+    """
+    terms = []
+    for coef, kind, slots, wname in patterns:
+        var = {"I": "i"}
+        for x in "abc":
+            var[x] = "k" + x
+        if kind == "G4":
+            for zl, yl in (("a", "b"), ("b", "a")):
+                for t in _reduce(kind, slots + (zl,), (yl,), (), var):
+                    terms.append((-coef, wname) + t)
+        else:
+            for ys, Ks in ((("a", "b", "c"), ()), (("c",), (("a", "b"),)), (("b",), (("a", "c"),)), (("a",), (("b", "c"),))):
+                for t in _reduce(kind, slots, ys, Ks, var):
+                    terms.append((-coef, wname) + t)
+    return terms
+
+
+# the first-order sources of training.md §4.2 summed over t < T (see _finite_step_weights)
+_FINITE_PATTERNS = (
+    (1.0, "G4", ("I", "a", "b"), "dI"),
+    (1.0, "G4", ("a", "I", "b"), "dA"),
+    (1.0, "RI", ("I", "a", "b", "c"), "RI_I"),
+    (1.0, "RI", ("a", "I", "b", "c"), "RI_A"),
+    (1.0, "RII", ("I", "a", "b", "c"), "RII_I"),
+    (1.0, "RII", ("I", "b", "a", "c"), "RII_Ib"),
+    (1.0, "RII", ("a", "I", "b", "c"), "W4"),
+    (1.0, "RII", ("a", "b", "I", "c"), "W4"),
+)
+
+
+def _geom(x, one_minus_x, T):
+    """S_T(x) = Σ_{t<T} x^t for |x| < 1, with 1 − x supplied exactly (T = None: ∞)."""
+    if T is None:
+        return 1.0 / one_minus_x
+    xT = np.where(x > 0, -np.expm1(T * np.log(np.abs(x) + (x <= 0))), 1.0 - x**T)
+    return xT / one_minus_x
+
+
+def _shifted(v, x, T):
+    """E_T(v, x) = Σ_{t<T} v^{T−1−t} x^t (elementwise, |v|, |x| < 1), stable when v ≈ x."""
+    v, x = np.broadcast_arrays(np.asarray(v, dtype=float), np.asarray(x, dtype=float))
+    out = np.empty(v.shape)
+    close = np.abs(v - x) <= 1e-2 * np.maximum(np.abs(v), np.abs(x))
+    far = ~close
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[far] = (v[far] ** T - x[far] ** T) / (v[far] - x[far])
+        vc, xc = v[close], x[close]
+        zero = vc == 0
+        d = np.where(zero, 0.0, (xc - vc) / np.where(zero, 1.0, vc))
+        small = np.abs(d) < 1e-300
+        ratio = np.where(small, T, np.expm1(T * np.log1p(d)) / np.where(small, 1.0, d))
+        # v = 0 (ηh = 1): only t = T − 1 survives, x^{T−1} (= 1 for T = 1 even at x = 0)
+        out[close] = np.where(zero, xc ** (T - 1) if T >= 1 else 0.0, vc ** (T - 1) * ratio)
+    return out
+
+
+def _finite_step_weights(h, eta, T):
+    """Time-summed weights of the first-order sources after T steps, in the eigenbasis of H̃.
+
+    With u = 1 − ηh, ε⁰_a(t) = u_a^t ε_a, S_t(x) = Σ_{s<t} x^s, the sources of z¹_I(t+1) − z¹_I(t)
+    (training.md §4.2, first order in dĤ, ddĤ; dĤ and ddĤ^{I,II} at their initial values, their
+    changes integrated) are
+    dĤ_Iab εε: η²[½(u_au_b)^t + u_a^t S_t(u_b)];  dĤ_aIb εε: η² u_a^t S_t(u_b);
+    ddĤ^I_Iabc εεε: −η³[½P3 + W4 + ½P5 + P6/6];  ddĤ^I_aIbc: −η³[W4 + ½P5];
+    ddĤ^II_Iabc: −η³[½P3 + W4 + P5];  ddĤ^II_Ibac: −η³[½P3 + W4];  ddĤ^II_aIbc, ddĤ^II_abIc: −η³ W4,
+    with P3 = (u_au_b)^t S_t(u_c), P5 = u_a^t S_t(u_bu_c), P6 = (u_au_bu_c)^t,
+    W4 = u_a^t Σ_{s<t} u_b^s S_s(u_c).  Every source is a combination of u_a^t, (u_au_b)^t and
+    (u_au_bu_c)^t, so its time sums are geometric: the "A" weights Σ_{t<T}(·) and the "B" weights
+    Σ_{t<T} u_e^{T−1−t}(·) (the training residual ε¹_e(T) that finite training leaves).
+
+    Returns
+    -------
+    A : dict name → (N_A, N_A) or (N_A,)*3 array
+    B : dict name → same with a leading eigen-index e, or None when T is None (ε¹(∞) = 0)
+    """
+    h = np.asarray(h, dtype=float)
+    u = 1.0 - eta * h
+    a = (slice(None), None, None)
+    b = (None, slice(None), None)
+    c = (None, None, slice(None))
+    ua, ub, uc = u[a], u[b], u[c]
+    ha, hb, hc = h[a], h[b], h[c]
+    om1 = eta * h  # 1 − u
+    om_b, om_c = om1[b], om1[c]
+    om_bc = eta * (hb + hc - eta * hb * hc)  # 1 − u_b u_c
+    om_ab = eta * (ha + hb - eta * ha * hb)
+    # coefficients of the three exponentials u_a^t, (u_au_b)^t, (u_au_bu_c)^t in each source
+    one = np.ones((h.size,) * 3)
+    P1 = (0 * one, one, 0 * one)
+    P2 = (1.0 / om_b * one, -1.0 / om_b * one, 0 * one)
+    P3 = (0 * one, 1.0 / om_c * one, -1.0 / om_c * one)
+    P5 = (1.0 / om_bc * one, 0 * one, -1.0 / om_bc * one)
+    P6 = (0 * one, 0 * one, one)
+    # W4 = u_a^t [S_t(u_b) − S_t(u_bu_c)]/(1 − u_c)
+    W4 = ((1.0 / om_b - 1.0 / om_bc) / om_c * one, -1.0 / (om_b * om_c) * one, 1.0 / (om_bc * om_c) * one)
+
+    def comb(*pairs):
+        return tuple(sum(w * p[k] for w, p in pairs) for k in range(3))
+
+    e2 = eta**2
+    e3 = eta**3
+    src = {
+        "dI": comb((0.5 * e2, P1), (e2, P2)),
+        "dA": comb((e2, P2),),
+        "RI_I": comb((-0.5 * e3, P3), (-e3, W4), (-0.5 * e3, P5), (-e3 / 6, P6)),
+        "RI_A": comb((-e3, W4), (-0.5 * e3, P5)),
+        "RII_I": comb((-0.5 * e3, P3), (-e3, W4), (-e3, P5)),
+        "RII_Ib": comb((-0.5 * e3, P3), (-e3, W4)),
+        "W4": comb((-e3, W4),),
+    }
+    x1 = ua * one
+    x2 = ua * ub * one
+    x3 = ua * ub * uc * one
+    om_abc = eta * (ha + hb + hc - eta * (ha * hb + ha * hc + hb * hc) + eta**2 * ha * hb * hc) * one
+    S1 = _geom(x1, om1[a] * one, T)
+    S2 = _geom(x2, om_ab * one, T)
+    S3 = _geom(x3, om_abc, T)
+    A = {k: v[0] * S1 + v[1] * S2 + v[2] * S3 for k, v in src.items()}
+    for k in ("dI", "dA"):
+        A[k] = A[k][:, :, 0]
+    if T is None:
+        return A, None
+    ue = u[:, None, None, None]
+    B = {}
+    E1, E2, E3 = (_shifted(ue, x[None], T) for x in (x1, x2, x3))
+    for k, v in src.items():
+        B[k] = v[0][None] * E1 + v[1][None] * E2 + v[2][None] * E3
+    for k in ("dI", "dA"):
+        B[k] = B[k][..., 0]
+    return A, B
+
+
+def _divided_differences(h, eta, T):
+    """g_T(x) = Σ_{t<T} η(1 − ηx)^t = (1 − (1 − ηx)^T)/x and its first and second divided
+    differences at the eigenvalues h (Daleckii–Krein: the first- and second-order terms of
+    g_T(H̃ + Δ) in the eigenbasis are g1_rs Δ_rs and Σ_m g2_rms Δ_rm Δ_ms).  T = None: g = 1/x."""
+    h = np.asarray(h, dtype=float)
+    if T is None:
+        g = 1.0 / h
+        g1 = -1.0 / np.multiply.outer(h, h)
+        g2 = 1.0 / np.multiply.outer(np.multiply.outer(h, h), h)
+        return g, g1, g2
+    u = 1.0 - eta * h
+    g = _geom(u, eta * h, T) * eta
+    # divided differences of u^t in x: −η h_{t−1}(u_r, u_s) and η² h_{t−2}(u_r, u_m, u_s), with the
+    # complete homogeneous polynomials h_k(x, y) = y h_{k−1}(x, y) + x^k and
+    # h_k(x, y, z) = z h_{k−1}(x, y, z) + h_k(x, y) (h_0 = 1), summed over k by recursion
+    N = h.size
+    ur, us = u[:, None], u[None, :]
+    h2 = np.ones((N, N))
+    h3 = np.ones((N, N, N))
+    g1 = np.zeros((N, N))
+    g2 = np.zeros((N, N, N))
+    pw = u.copy()  # u_r^{k+1}
+    for k in range(T - 1):  # k = 0 … T − 2
+        g1 += h2
+        if k <= T - 3:
+            g2 += h3
+        h2 = us * h2 + pw[:, None]
+        h3 = u[None, None, :] * h3 + h2[:, :, None]
+        pw = pw * u
+        if np.abs(h3).max() < 1e-17 * np.abs(g2).max() and np.abs(h2).max() < 1e-17 * np.abs(g1).max():
+            break
+    return g, -eta**2 * g1, eta**3 * g2
+
+
+def _contract(term, X, W, wlabels, rowlab, yr, Yr, Kr, nL, extra=None):
+    """Evaluate one reduced term as an einsum over eigen-labels (output axis "i")."""
+    coef, _, name, labels, yi, Ypairs, Ks, power = term
+    subs = ["".join(rowlab if l == "I" else l for l in labels), wlabels]
+    ops = [X, W]
+    for x in yi:
+        subs.append(x + "i")
+        ops.append(yr)
+    for x1, x2 in Ypairs:
+        subs.append(x1 + x2)
+        ops.append(Yr)
+    for x1, x2 in Ks:
+        subs.append(x1 + x2)
+        ops.append(Kr)
+    if extra is not None:
+        subs.append(extra[0])
+        ops.append(extra[1])
+    out = (extra[2] if extra is not None else rowlab) + "i"
+    return coef * nL**power * np.einsum(",".join(subs) + "->" + out, *ops, optimize=True)
+
+
+def finite_steps_mean_correction(eng: "_GradientEngine", eta: float, T: int | None) -> np.ndarray:
+    """n × (E[z(T)] − mean at infinite width) after T steps of GD (None: T = ∞), shape (N_E, n_L).
+
+    Notes
+    -----
+    First-order solution of training.md §4.2 after T steps, in the eigenbasis of Θ̃ (ε⁰(t) = U^t ε):
+    z¹_I(T) = A_I(T) − Θ_{IA}Θ̃⁻¹ A_A(T) + Θ_{IA}Θ̃⁻¹ ε¹_A(T), where A_I(T) = Σ_{t<T} s_I(t) sums the
+    sources s_I(t) of :func:`_finite_step_weights` and ε¹_e(T) = Σ_{t<T} u_e^{T−1−t} s_e(t) is the
+    first-order training residual (zero at T = ∞, which gives back training.md §4.4–§4.5).  The
+    frozen random NTK enters through z − Ĥ_{·A} g_T(Ĥ̃) ε expanded to second order in ΔĤ with the
+    divided differences of g_T (:func:`_divided_differences`), and H1 through the linearisation of
+    Θ_{·A} g_T(Θ̃) y.  Averages: E[dĤ ε ε] = −E[dĤ z] y − E[dĤ z] y, E[ε ε ε] = −(y y y + 3 K y),
+    E[ΔĤ ΔĤ] from A, B (training.md §0), reduced to sample indices by :func:`_reduce`.
+    """
+    h, O = eng.h, eng.O
+    y, nL = eng.y, eng.nL
+    b = eng.blocks
+    yr = O.T @ y
+    Yr = yr @ yr.T
+    Kr = O.T @ eng.Kt @ O
+    A_w, B_w = _finite_step_weights(h, eta, T)
+    terms = _mean_terms(_FINITE_PATTERNS)
+    Th = np.asarray(eng.stats.Theta)
+    ThEA_O = Th[np.ix_(eng.E, eng.A)] @ O
+    NR = len(eng.R)
+    A_part = np.zeros((NR, nL))
+    B_part = np.zeros((len(eng.A), nL))
+    for term in terms:
+        wname, labels = term[1], term[3]
+        wl = "ab" if wname in ("dI", "dA") else "abc"
+        pos = labels.index("I")
+        A_part += _contract(term, b.rot(term[2], (pos,)), A_w[wname], wl, "d", yr, Yr, Kr, nL)
+        if B_w is not None:
+            B_part += _contract(term, b.rot(term[2], ()), B_w[wname], "e" + wl, "e", yr, Yr, Kr, nL)
+    out = eng.Pn @ A_part
+    if B_w is not None:
+        out += ThEA_O @ (B_part / h[:, None])
+    # the frozen random NTK, second order in ΔĤ: +E[ΔĤ_{Ir} ΔĤ_{rs}] g1_rs y_s + (ΘO)_{Ir} E[ΔĤ_{rm} ΔĤ_{ms}] g2_rms y_s
+    g, g1, g2 = _divided_differences(h, eta, T)
+    NE = len(eng.E)
+    for t in _reduce("AB", ("I", "r", "r", "s"), ("s",), (), {"I": "i", "r": "kr", "s": "ks"}):
+        X = b.rot(t[0], (t[1].index("I"),))
+        out += _contract((1.0, None) + t, X, g1, "rs", "d", yr, Yr, Kr, nL)[:NE]
+    for t in _reduce("AB", ("r", "m", "m", "s"), ("s",), (), {"r": "i", "m": "km", "s": "ks"}):
+        out += _contract((1.0, None) + t, b.rot(t[0], ()), g2, "rms", "d", yr, Yr, Kr, nL, extra=("dr", ThEA_O, "d"))
+    # H1: linearisation of Θ_{EA} g_T(Θ̃) y in H = Θ + H1/n
+    H1 = _h1(eng.stats)
+    H1r = O.T @ H1[np.ix_(eng.A, eng.A)] @ O
+    out += H1[np.ix_(eng.E, eng.A)] @ O @ (g[:, None] * yr) + ThEA_O @ ((g1 * H1r) @ yr)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # gradient descent
 
 
@@ -493,6 +816,15 @@ class _GradientBase(LearningAlgorithm):
                 _need(stats, _DNTK, owner, _DNTK_HINT)
         return _GradientEngine(stats, train, y, test, terms_fn, zero_dntk=not self.include_dntk)
 
+    def _finite(self, *arrays) -> None:
+        if any(a is not None and not np.all(np.isfinite(a)) for a in arrays):
+            raise NumericalError(
+                f"{type(self).__name__}: the O(1/n) result is not finite. The dNTK/ddNTK statistics P..U are "
+                "undefined (NaN) for kinked activations such as ReLU at coinciding samples (σ''σ'' = δ², "
+                "docs/dntk.md), and the sums over training samples of training.md §4.5 always include them. "
+                "Use a smooth activation (tanh, GELU, …) or include_dntk=False (P..U set to zero: biased)."
+            )
+
     def _notes(self, stats) -> tuple[str, ...]:
         notes = []
         if not self.include_dntk:
@@ -530,8 +862,10 @@ class GradientDescent(_GradientBase):
     evaluated in the eigenbasis of Θ̃ (training.md §8); the covariance δ_ij Σ^∞ + (1/n)[δ_ij 𝔰 + 𝒞^DF
     + 𝒞^AB + 𝒞^PQ,dir + 𝒞^Stein] of theory/trained-cov.md §1.
 
-    Finite T: the infinite-width parts are exact for any T; the O(1/n) parts are implemented for
-    T = ∞ only (``mean_correction`` and ``covariance_correction`` are None for finite ``steps``).
+    Finite T: the infinite-width parts are exact for any T; the O(1/n) mean follows from the same
+    first-order dynamics with time sums truncated at T (:func:`finite_steps_mean_correction`); the
+    O(1/n) covariance is implemented for T = ∞ only (``covariance_correction`` is None for finite
+    ``steps``).
     """
 
     name: ClassVar[str] = "gradient_descent"
@@ -557,22 +891,26 @@ class GradientDescent(_GradientBase):
             )
 
     def trained_distribution(self, stats, train, y_train, test, *, corrections=True) -> TrainedDistribution:
-        y = _labels(y_train, len(train), stats.width, "y_train", "GradientDescent")
+        y = validate_labels(y_train, len(train), stats.width, "y_train", "GradientDescent")
         eta = float(self.learning_rate)
         self.check(stats, train)
         terms_fn = lambda h: algorithm_tensors(h, eta)  # noqa: E731
         notes = list(self._notes(stats)) if corrections else []
         if self.steps is not None:
-            eng = _GradientEngine(stats, train, y, test, newton_tensors, zero_dntk=True)
-            mean, cov = _finite_steps(eng, eta, int(self.steps))
+            T = int(self.steps)
+            eng = self._engine(stats, train, y, test, terms_fn, corrections)
+            mean, cov = _finite_steps(eng, eta, T)
+            mc = None
             if corrections:
+                mc = finite_steps_mean_correction(eng, eta, T) / float(stats.fan_in)
+                self._finite(mc)
                 notes.append(
-                    f"steps={self.steps}: the O(1/n) mean and covariance are implemented for training to "
-                    "convergence (steps=None) only; the corrections are None"
+                    f"steps={T}: the O(1/n) covariance is implemented for training to convergence (steps=None) "
+                    "only; covariance_correction is None"
                 )
             return TrainedDistribution(
                 algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=expand_outputs(cov, y.shape[1]),
-                condition_number=eng.cond, notes=tuple(notes),
+                mean_correction=mc, condition_number=eng.cond, notes=tuple(notes),
             )
         eng = self._engine(stats, train, y, test, terms_fn, corrections)
         mean = eng.mean_infinite()
@@ -584,6 +922,7 @@ class GradientDescent(_GradientBase):
             mc = eng.mean_correction(L, M) / n
             cc = eng.cov_correction(L, M) / n
             cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
+            self._finite(mc, cc)
         return TrainedDistribution(
             algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov,
             mean_correction=mc, covariance_correction=cc, condition_number=eng.cond, notes=tuple(notes),
@@ -625,7 +964,7 @@ class NewtonStep(_GradientBase):
     name: ClassVar[str] = "newton_step"
 
     def trained_distribution(self, stats, train, y_train, test, *, corrections=True) -> TrainedDistribution:
-        y = _labels(y_train, len(train), stats.width, "y_train", "NewtonStep")
+        y = validate_labels(y_train, len(train), stats.width, "y_train", "NewtonStep")
         eng = self._engine(stats, train, y, test, newton_tensors, corrections)
         mean = eng.mean_infinite()
         cov = expand_outputs(eng.cov_infinite(), y.shape[1])
@@ -636,6 +975,7 @@ class NewtonStep(_GradientBase):
             mc = eng.mean_correction(L, M) / n
             cc = eng.cov_correction(L, M) / n
             cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
+            self._finite(mc, cc)
         return TrainedDistribution(
             algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov,
             mean_correction=mc, covariance_correction=cc, condition_number=eng.cond,
@@ -687,7 +1027,7 @@ class Bayesian(LearningAlgorithm):
         return A, K, (O / h) @ O.T, cond
 
     def trained_distribution(self, stats, train, y_train, test, *, corrections=True) -> TrainedDistribution:
-        y = _labels(y_train, len(train), stats.width, "y_train", "Bayesian")
+        y = validate_labels(y_train, len(train), stats.width, "y_train", "Bayesian")
         A, K, Ki, cond = self._prior(stats, train)
         E = np.asarray(test, dtype=int)
         R = np.concatenate([E, A])
@@ -695,8 +1035,7 @@ class Bayesian(LearningAlgorithm):
         Pk = K[np.ix_(E, A)] @ Ki
         Pr = np.hstack([np.eye(len(E)), -Pk])
         mean = Pk @ y
-        sigma = Pr @ K[np.ix_(R, R)] @ Pr.T
-        # with noise the training rows of Pr do not vanish; Σ above is K_EE − K_EA K̃⁻¹ K_AE exactly
+        # K_EE − K_EA (K̃ + σ_ε²)⁻¹ K_AE (not Pr K Prᵀ, which would count the noise block twice)
         sigma = K[np.ix_(E, E)] - Pk @ K[np.ix_(A, E)]
         cov = expand_outputs(sigma, nL)
         mc = cc = None
@@ -749,7 +1088,7 @@ class Bayesian(LearningAlgorithm):
         """
         stats = stats[-1] if hasattr(stats, "layers") else stats
         train = np.arange(stats.K.shape[0]) if train is None else np.asarray(train, dtype=int)
-        y = _labels(y_train, len(train), stats.width, "y_train", "Bayesian.log_evidence")
+        y = validate_labels(y_train, len(train), stats.width, "y_train", "Bayesian.log_evidence")
         A, K, Ki, cond = self._prior(stats, train)
         Kt = K[np.ix_(A, A)] + self.noise_variance * np.eye(len(A))
         nL = y.shape[1]
