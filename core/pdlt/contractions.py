@@ -19,7 +19,19 @@ import numpy as np
 
 from .activation import Activation
 from .errors import NumericalError
-from .gaussian import QuadratureRule, all_index_tuples, expect, pair_matrix
+from .gaussian import (
+    DEFAULT_RULE,
+    MEHLER_KMAX,
+    QuadratureRule,
+    _closed_form,
+    _coincidence_labels,
+    _evaluate,
+    _hermite_coefficients,
+    _pair_matrix,
+    _scales,
+    expect,
+    quadrature_many,
+)
 
 __all__ = ["LayerExpectations", "PairOp", "apply_pair_op", "first_derivative_terms", "fourth_contract"]
 
@@ -92,12 +104,20 @@ def fourth_contract(V: np.ndarray, E4: dict[int, np.ndarray]) -> np.ndarray:
     return out
 
 
+#: The four-slot derivative patterns integrated together on one shared grid (σ and σ' only:
+#: every O(1/n) recursion of the MLP and the residual MLP draws its quadruples from these).
+_FIRST_ORDER_FAMILY = tuple(itertools.product((0, 1), repeat=4))
+
+
 class LayerExpectations:
     """Cached Gaussian expectations over one layer's kernel K (N×N) for pairs and quadruples.
 
     ``pair(d1, d2)`` is the (N, N) matrix ⟨σ^(d1)_a σ^(d2)_b⟩_K; ``quad(o)`` the (N, N, N, N)
     tensor ⟨σ^(o1)_a σ^(o2)_b σ^(o3)_c σ^(o4)_d⟩_K.  Only one representative of each set of
-    index tuples related by permutations of equal-order slots is integrated.
+    index tuples related by permutations of equal-order slots is integrated.  Quadruples with
+    orders in {0, 1} are integrated once per *multiset* of indices for all 16 such patterns at
+    once (:func:`~pdlt.gaussian.quadrature_many`: one grid, σ and σ' evaluated once), and every
+    requested tensor is gathered from that table.
 
     Coinciding inputs (a = b, or duplicated inputs with z_a ≡ z_b) are special: there a slot
     derivative such as ⟨σ''_a σ'_a⟩ may be an undefined product of distributions for kinked σ
@@ -105,46 +125,115 @@ class LayerExpectations:
     which is the well-defined derivative of the whole product, ⟨∂^m (f g)⟩.  The derivative
     operators below therefore carry that total on coinciding pairs (in the (a,a) coefficient)
     and zero elsewhere — equivalent, since every tensor is symmetric under a ↔ b there.
+
+    Parameters
+    ----------
+    activation : Activation
+    K : ndarray, shape (N, N)
+        The layer's kernel, symmetric positive semi-definite (it is not validated again).
+    rule : QuadratureRule, optional
+    error_probes : int or None
+        Quadrature errors are estimated (by the engine's coarse second pass) on every block
+        when a batch has at most this many blocks, else on about this many of its hardest
+        blocks, shared among the block dimensions — those with the largest variance and the
+        strongest correlation — which saves the coarse pass on the rest.  None: on every
+        block.  The estimates feed :attr:`max_error` (``Statistics.quadrature_error``).
     """
 
-    def __init__(self, activation: Activation, K: np.ndarray, rule: QuadratureRule | None = None):
+    def __init__(self, activation: Activation, K: np.ndarray, rule: QuadratureRule | None = None, error_probes: int | None = 64):
         self.activation = activation
         self.K = np.asarray(K, dtype=float)
         self.N = self.K.shape[0]
         self.rule = rule
+        self.error_probes = error_probes
         d = np.diag(self.K)
         scale = max(float(d.max()), 1e-300)
         self.coincident = np.abs(d[:, None] + d[None, :] - 2 * self.K) <= 1e-13 * scale
         self._pairs: dict[tuple[int, int], np.ndarray] = {}
         self._quads: dict[tuple[int, ...], np.ndarray] = {}
         self._totals: dict[tuple[int, int, int], np.ndarray] = {}
+        self._family: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._hermite: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.max_error = 0.0
 
     def _record(self, vals, errs):
-        if errs.size:
-            self.max_error = max(self.max_error, float(np.max(errs / np.maximum(np.abs(vals), 1.0))))
+        errs = np.asarray(errs)
+        known = ~np.isnan(errs)
+        if known.any():
+            rel = errs[known] / np.maximum(np.abs(np.asarray(vals)[known]), 1.0)
+            self.max_error = max(self.max_error, float(np.max(rel)))
+
+    def _probe_all(self, n_blocks: int) -> bool:
+        return self.error_probes is None or n_blocks <= self.error_probes
+
+    def _probes(self, blocks: np.ndarray) -> np.ndarray:
+        """Indices of the blocks whose error is estimated: per number of distinct variables, the
+        largest variances and the strongest (not exactly coinciding) correlations."""
+        labels = _coincidence_labels(blocks)
+        dims = labels.max(axis=1)
+        var = np.diagonal(blocks, axis1=1, axis2=2)
+        s = np.sqrt(np.maximum(var, 1e-300))
+        rho = np.abs(blocks / (s[:, :, None] * s[:, None, :]))
+        rho = np.where(rho < 1.0 - 1e-12, rho, 0.0).max(axis=(1, 2))
+        per_dim = max(1, self.error_probes // (2 * (dims.max() + 1)))
+        picks = []
+        for m in np.unique(dims):
+            idx = np.flatnonzero(dims == m)
+            picks += [idx[np.argsort(-var[idx].max(axis=1), kind="stable")[:per_dim]]]
+            picks += [idx[np.argsort(-rho[idx], kind="stable")[:per_dim]]]
+        return np.unique(np.concatenate(picks))
+
+    def _expect(self, orders: tuple[int, ...], blocks: np.ndarray, insert=None) -> np.ndarray:
+        """expect() on blocks of self.K, recording the (probed) quadrature error; values (B,)."""
+        ins = (0,) * len(orders) if insert is None else tuple(insert)
+        full = self._probe_all(len(blocks))
+        v, e = _evaluate(self.activation, orders, blocks, ins, rule=self.rule, estimate_error=full)
+        self._record(v, e)
+        if not full and np.isnan(e).any():
+            sel = self._probes(blocks)
+            self._record(*_evaluate(self.activation, orders, blocks[sel], ins, rule=self.rule))
+        return v
 
     def _compute(self, orders: tuple[int, ...], skip_coincident: bool = False) -> np.ndarray:
         k = len(orders)
-        tuples = all_index_tuples(self.N, k)
-        canon = tuples.copy()
+        N = self.N
+        if k == 2:
+            return self._compute_pairs(orders, skip_coincident)
+        canon = np.indices((N,) * k).reshape(k, -1).T
         # sort indices within groups of slots carrying the same derivative order
         for d in set(orders):
             slots = [s for s, o in enumerate(orders) if o == d]
             if len(slots) > 1:
                 canon[:, slots] = np.sort(canon[:, slots], axis=1)
-        uniq, inverse = np.unique(canon, axis=0, return_inverse=True)
-        vals = np.full(len(uniq), np.nan)
-        todo = np.ones(len(uniq), dtype=bool)
-        if skip_coincident and k == 2:
-            todo = ~self.coincident[uniq[:, 0], uniq[:, 1]]
-        if todo.any():
-            sel = uniq[todo]
-            blocks = self.K[sel[:, :, None], sel[:, None, :]]
-            v, e = expect(self.activation, orders, blocks, rule=self.rule)
-            vals[todo] = v
-            self._record(v, e)
-        return vals[inverse.ravel()].reshape((self.N,) * k)
+        uniq, inverse = _unique_rows(canon, N)
+        vals = self._expect(orders, self.K[uniq[:, :, None], uniq[:, None, :]])
+        return vals[inverse].reshape((N,) * k)
+
+    def _compute_pairs(self, orders: tuple[int, int], skip_coincident: bool) -> np.ndarray:
+        """The (N, N) matrix of ⟨σ^(d1)_a σ^(d2)_b⟩ (NaN on coinciding pairs if ``skip_coincident``).
+
+        Equal orders make it symmetric: only a ≤ b is evaluated.  The 2×2 blocks are filled from
+        three 1-D gathers (faster than fancy-indexing K for N² blocks; closed forms are cheap
+        enough for that to matter).
+        """
+        N = self.N
+        symmetric = orders[0] == orders[1]
+        ii, jj = np.triu_indices(N) if symmetric else (x.ravel() for x in np.indices((N, N)))
+        if skip_coincident:
+            keep = ~self.coincident[ii, jj]
+            ii, jj = ii[keep], jj[keep]
+        out = np.full((N, N), np.nan)
+        if len(ii):
+            d = np.diag(self.K)
+            blocks = np.empty((len(ii), 2, 2))
+            blocks[:, 0, 0] = d[ii]
+            blocks[:, 1, 1] = d[jj]
+            blocks[:, 0, 1] = blocks[:, 1, 0] = self.K[ii, jj]
+            v = self._expect(orders, blocks)
+            out[ii, jj] = v
+            if symmetric:
+                out[jj, ii] = v
+        return out
 
     def _ordinary(self, *orders) -> bool:
         return max(orders) <= self.activation.max_derivative
@@ -155,9 +244,10 @@ class LayerExpectations:
         if key not in self._pairs:
             if (d2, d1) in self._pairs:
                 self._pairs[key] = self._pairs[(d2, d1)].T
-            elif not self.activation.kinks and self.N > 2:
-                # smooth σ: all pairs at once by Mehler's expansion, O(N² kmax)
-                vals, errs = pair_matrix(self.activation, d1, d2, self.K, rule=self.rule)
+            elif not self.activation.kinks and self.N >= 2 and not self._has_closed_form(key):
+                # smooth σ: all pairs at once by Mehler's expansion, O(N² k)
+                tables = self._hermite_tables(d1, d2)
+                vals, errs = _pair_matrix(self.activation, d1, d2, self.K, rule=self.rule, estimate_error=self._probe_all(self.N), tables=tables)
                 self._record(vals.ravel(), errs.ravel())
                 self._pairs[key] = vals
             else:
@@ -175,6 +265,20 @@ class LayerExpectations:
                             pass
         return self._pairs[key]
 
+    def _hermite_tables(self, d1: int, d2: int) -> dict:
+        """Mehler coefficients of σ^(d) at the scales of K, shared by every smooth pair matrix;
+        σ and σ' are computed together on first use (K and Θ always need both)."""
+        wanted = {d1, d2} | ({0, 1} if not self._hermite else set())
+        missing = sorted(wanted - self._hermite.keys())
+        if missing:
+            rule = DEFAULT_RULE if self.rule is None else self.rule
+            self._hermite.update(_hermite_coefficients(self.activation, missing, _scales(self.K)[1], MEHLER_KMAX, rule))
+        return self._hermite
+
+    def _has_closed_form(self, orders: tuple[int, ...]) -> bool:
+        probe = self.K[np.zeros((1, len(orders), 1), dtype=int), np.zeros((1, 1, len(orders)), dtype=int)]
+        return _closed_form(self.activation, orders, probe) is not None
+
     def total(self, d1: int, d2: int, m: int) -> np.ndarray:
         """⟨∂^m (σ^(d1) σ^(d2))(z_a)⟩ on coinciding pairs (the derivative of the whole product), else 0."""
         key = (d1, d2, m)
@@ -183,10 +287,7 @@ class LayerExpectations:
             ii, jj = np.nonzero(self.coincident)
             if len(ii):
                 idx = np.stack([ii, jj], 1)
-                blocks = self.K[idx[:, :, None], idx[:, None, :]]
-                v, e = expect(self.activation, (d1, d2), blocks, insert=(m, 0), rule=self.rule)
-                self._record(v, e)
-                out[ii, jj] = v
+                out[ii, jj] = self._expect((d1, d2), self.K[idx[:, :, None], idx[:, None, :]], insert=(m, 0))
             self._totals[key] = out
         return self._totals[key]
 
@@ -198,6 +299,9 @@ class LayerExpectations:
     def quad(self, orders: tuple[int, int, int, int]) -> np.ndarray:
         orders = tuple(orders)
         if orders not in self._quads:
+            if orders in _FIRST_ORDER_FAMILY and self._ordinary(1):
+                self._quads[orders] = self._gather_family(orders)
+                return self._quads[orders]
             # reuse a computed tensor whose slots are a permutation of these
             for perm in itertools.permutations(range(4)):
                 key = tuple(orders[p] for p in perm)
@@ -208,6 +312,43 @@ class LayerExpectations:
             else:
                 self._quads[orders] = self._compute(orders)
         return self._quads[orders]
+
+    def _gather_family(self, orders: tuple[int, ...]) -> np.ndarray:
+        """T_orders[t] = table[multiset of t, orders carried to the sorted positions of t]."""
+        if self._family is None:
+            self._family = self._integrate_family()
+        table, inverse, perm = self._family
+        carried = np.asarray(orders)[perm]  # the derivative order at each sorted position
+        pattern = carried @ (2 ** np.arange(3, -1, -1))  # index in _FIRST_ORDER_FAMILY
+        return table[inverse, pattern].reshape((self.N,) * 4)
+
+    def _integrate_family(self):
+        """All 16 patterns of _FIRST_ORDER_FAMILY on every multiset {a ≤ b ≤ c ≤ d} of inputs."""
+        N = self.N
+        tuples = np.indices((N,) * 4).reshape(4, -1).T
+        perm = np.argsort(tuples, axis=1, kind="stable")
+        uniq, inverse = _unique_rows(np.take_along_axis(tuples, perm, axis=1), N)
+        blocks = self.K[uniq[:, :, None], uniq[:, None, :]]
+        table = np.empty((len(uniq), len(_FIRST_ORDER_FAMILY)))
+        open_patterns = []
+        for p, orders in enumerate(_FIRST_ORDER_FAMILY):
+            closed = _closed_form(self.activation, orders, blocks)
+            if closed is None:
+                open_patterns.append(p)
+            else:
+                table[:, p] = closed[0]
+        if open_patterns:
+            orders_list = [_FIRST_ORDER_FAMILY[p] for p in open_patterns]
+            full = self._probe_all(len(uniq))
+            v, e = quadrature_many(self.activation, orders_list, blocks, rule=self.rule, estimate_error=full)
+            self._record(v, e)
+            if not full:
+                sel = self._probes(blocks)
+                self._record(*quadrature_many(self.activation, orders_list, blocks[sel], rule=self.rule))
+            table[:, open_patterns] = v.T
+        if not np.all(np.isfinite(table)):
+            raise NumericalError(f"Four-point expectations of {self.activation.name} are not finite for some inputs.")
+        return table, inverse, perm
 
     def first(self, d1: int, d2: int) -> tuple[np.ndarray, np.ndarray]:
         """(u, w): ⟨∂_a(σ^(d1)_a σ^(d2)_b)⟩ and ⟨∂_b(…)⟩ as used by :func:`first_derivative_terms`."""
@@ -234,3 +375,13 @@ class LayerExpectations:
             X = self.pair(d1 + n, d2 + 4 - n) if off else z
             out[n] = self._masked(X, self.total(d1, d2, 4) if n == 4 else None)
         return out
+
+
+def _unique_rows(rows: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique rows of a (M, k) array of indices in 0..N−1, lexicographically sorted, and the
+    inverse map (M,): rows are encoded as base-N integers, far faster than np.unique(axis=0)."""
+    k = rows.shape[1]
+    weights = N ** np.arange(k - 1, -1, -1, dtype=np.int64)
+    codes, inverse = np.unique(rows.astype(np.int64) @ weights, return_inverse=True)
+    uniq = (codes[:, None] // weights) % N
+    return uniq, inverse.ravel()

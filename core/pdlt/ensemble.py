@@ -11,7 +11,9 @@ all-orders deep-linear laws of :mod:`pdlt.exact`.
 
 Reproducibility: chunk c draws from ``default_rng(SeedSequence(seed).spawn(n_chunks)[c])``, so
 the result is a deterministic function of (seed, size, chunk plan) and does not depend on the
-order or parallel scheduling of chunks.  The chunk plan depends on ``size``, ``chunk_size``,
+order or parallel scheduling of chunks: :func:`sample` can hand the chunks to any
+``concurrent.futures.Executor`` (processes, a Dask cluster) and, merging their sums in chunk
+order, returns bit-identical statistics.  The chunk plan depends on ``size``, ``chunk_size``,
 ``max_memory_mb`` and the network shape only (never on the machine), so equal arguments give
 bit-identical statistics; changing ``chunk_size`` or ``max_memory_mb`` changes the random draws
 (not their distribution).
@@ -19,9 +21,11 @@ bit-identical statistics; changing ``chunk_size`` or ``max_memory_mb`` changes t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+from concurrent.futures import Executor
 from typing import Iterator, Sequence
 
 import attrs
@@ -328,17 +332,34 @@ def _check_common(net, X, size, seed, chunk_size, max_memory_mb, owner):
     return X, int(size), int(seed)
 
 
-def _iter_chunks(net, X, size, seed, chunk_size, ntk, max_memory_mb) -> Iterator[tuple[int, list[LayerSample]]]:
+def _seeded_plan(net, X, size, seed, chunk_size, ntk, max_memory_mb) -> list[tuple[int, np.random.SeedSequence]]:
+    """(networks, seed sequence) of every chunk, in order."""
     plan = _chunk_plan(size, _bytes_per_network(net.widths, X.shape[0], ntk), chunk_size, max_memory_mb)
-    children = np.random.SeedSequence(seed).spawn(len(plan))
+    return list(zip(plan, np.random.SeedSequence(seed).spawn(len(plan))))
+
+
+def _draw_chunk(net, X, m: int, child: np.random.SeedSequence, ntk: bool) -> list[LayerSample]:
+    layers = net.sample_forward(X, m, np.random.default_rng(child), ntk=ntk)
     L = len(net.widths) - 1
-    for m, child in zip(plan, children):
-        layers = net.sample_forward(X, m, np.random.default_rng(child), ntk=ntk)
-        if len(layers) != L:
-            raise ParameterError(
-                f"{type(net).__name__}.sample_forward returned {len(layers)} layers; expected L = {L}."
-            )
-        yield m, list(layers)
+    if len(layers) != L:
+        raise ParameterError(f"{type(net).__name__}.sample_forward returned {len(layers)} layers; expected L = {L}.")
+    return list(layers)
+
+
+def _iter_chunks(net, X, size, seed, chunk_size, ntk, max_memory_mb) -> Iterator[tuple[int, list[LayerSample]]]:
+    for m, child in _seeded_plan(net, X, size, seed, chunk_size, ntk, max_memory_mb):
+        yield m, _draw_chunk(net, X, m, child, ntk)
+
+
+def _chunk_task(net, X, ntk: bool, job: tuple[int, np.random.SeedSequence]) -> tuple[int, list[dict[str, np.ndarray]]]:
+    """Draw one chunk and reduce it to per-layer sums (:func:`_chunk_sums`).
+
+    A pure function of its arguments, run wherever the executor puts it; only the small sums
+    travel back, never the networks.
+    """
+    m, child = job
+    layers = _draw_chunk(net, X, m, child, ntk)
+    return m, [_chunk_sums(np.asarray(layer.z, dtype=float), layer.H if ntk else None) for layer in layers]
 
 
 def sample_chunks(
@@ -503,9 +524,8 @@ class _LayerAccumulator:
         self.batches: dict[str, _Welford] = {}
         self.linear: dict[str, _PooledMoments] = {}
 
-    def add(self, z: np.ndarray, H: np.ndarray | None) -> None:
-        sums = _chunk_sums(z, H)
-        S = z.shape[0]
+    def add(self, sums: dict[str, np.ndarray], S: int) -> None:
+        """Merge one chunk of S networks, given its :func:`_chunk_sums` (consumed)."""
         self.count += S
         for key in _LINEAR_FIELDS:
             if key in sums:
@@ -536,6 +556,7 @@ def sample(
     progress: bool | None = None,
     max_memory_mb: float = 512,
     ntk: bool = True,
+    executor: Executor | None = None,
 ) -> EnsembleStatistics:
     """Estimate K, V, Θ, A, B, D, F of every layer from ``size`` real random networks.
 
@@ -560,6 +581,11 @@ def sample(
         size·Σ_ℓ n_ℓ²·N² floats).
     ntk : bool
         Compute the NTK statistics (Θ, A, B, D, F); False leaves them None and is much faster.
+    executor : concurrent.futures.Executor, optional
+        Draw the chunks with ``executor.map`` (e.g. a ``ProcessPoolExecutor`` or a Dask
+        ``Client.get_executor()``); each task returns only its chunk's sums, which are merged
+        here in chunk order, so the result is bit-identical to the serial run (None) with the
+        same arguments.  ``net`` and ``X`` must be picklable.
 
     Returns
     -------
@@ -595,14 +621,22 @@ def sample(
     ((2, 2, 2, 2), (2, 2, 2, 2), 8)
     """
     X, size, seed = _check_common(net, X, size, seed, chunk_size, max_memory_mb, "sample")
+    if executor is not None and not callable(getattr(executor, "map", None)):
+        raise ParameterError(
+            f"The 'executor' parameter of sample must be None or a concurrent.futures.Executor (with a .map method). "
+            f"Got {executor!r} instead."
+        )
     widths = net.widths
     L = len(widths) - 1
     accs = [_LayerAccumulator(widths[ell - 1]) for ell in range(1, L + 1)]
     n_batches = 0
+    task = functools.partial(_chunk_task, net, X, bool(ntk))
+    jobs = _seeded_plan(net, X, size, seed, chunk_size, ntk, max_memory_mb)
+    results = map(task, jobs) if executor is None else executor.map(task, jobs)
     with Progress(size, label="ensemble", unit="networks", enabled=progress) as bar:
-        for m, layers in _iter_chunks(net, X, size, seed, chunk_size, ntk, max_memory_mb):
-            for acc, layer in zip(accs, layers):
-                acc.add(np.asarray(layer.z, dtype=float), None if not ntk else layer.H)
+        for m, sums in results:
+            for acc, layer_sums in zip(accs, sums):
+                acc.add(layer_sums, m)
             n_batches += 1
             bar.update(m)
     return EnsembleStatistics(

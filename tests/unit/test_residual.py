@@ -1,0 +1,292 @@
+"""Residual MLP (book Appendix B): parameters, layer maps, real networks, plugin registration.
+
+Deterministic checks only; the comparison with ensembles of real residual networks is in
+tests/validation/test_residual_vs_ensemble.py.  Derivations: docs/residual.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.errors import NoCriticalityError, ParameterError
+from pdlt.gaussian import expect
+from pdlt.networks import NetworkParameters, mlp_forward, sample_parameters
+from pdlt.plugins import get_plugin_manager, lookup
+from pdlt.residual_networks import residual_apply, residual_forward
+from pdlt_plugins import residual as residual_module
+from pdlt_plugins.architectures import MLP
+from pdlt_plugins.residual import ResidualMLP, ResidualStatistics, odd_tensors_vanish
+
+FIELDS = ("K", "Theta", "V", "G1", "H1", "A", "B", "D", "F")
+X2 = np.array([[0.9, -0.4], [0.2, 1.1]])
+X3 = np.array([[0.9, -0.4], [0.2, 1.1], [-0.7, -0.5]])
+
+
+def _act(name):
+    return pdlt.activation(name)
+
+
+def _mlp_kw(act, **extra):
+    kw = dict(
+        input_dim=2, hidden_widths=[5, 7, 7, 6], output_dim=3, activation=_act(act),
+        c_b=(0.1, 0.0, 0.2, 0.1, 0.0), c_w=(1.5, 2.0, 1.8, 2.1, 1.0), lambda_b=(0.5, 1.0, 2.0, 1.0, 0.7), lambda_w=1.5,
+    )
+    kw.update(extra)
+    return kw
+
+
+def _res(act, n=6, L=4, gamma=0.5, xi=0.8, **kw):
+    return ResidualMLP(
+        input_dim=2, hidden_widths=[n] * (L - 1), output_dim=n, activation=_act(act), gamma=gamma, xi=xi,
+        lambda_b=kw.pop("lambda_b", 1.0), lambda_w=kw.pop("lambda_w", 1.0), **kw,
+    ).at_criticality()
+
+
+# ------------------------------------------------------------------------------ parameters
+
+
+def test_resolved_strengths_scalar_and_sequence():
+    net = ResidualMLP(input_dim=3, hidden_widths=[8, 8, 4, 4], output_dim=1, activation=_act("tanh"), gamma=0.5, xi=0.7)
+    assert net.residual_layers == (False, True, False, True, False)
+    assert net.gammas.tolist() == [0.0, 0.5, 0.0, 0.5, 0.0]
+    assert net.xis.tolist() == [1.0, 0.7, 1.0, 0.7, 1.0]
+    seq = net.evolve(gamma=(0.0, 0.3, 0.0, -0.2, 0.0), xi=(1.0, 2.0, 0.5, 1.0, 1.0))
+    assert seq.gammas.tolist() == [0.0, 0.3, 0.0, -0.2, 0.0]
+    assert seq.hyperparameters(2)["gamma"] == 0.3 and seq.hyperparameters(3)["xi"] == 0.5
+    assert seq.effective_hyperparameters(2)["c_w"] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(gamma=(0.2, 0.5, 0.5, 0.0)), "gamma\\^\\(1\\) = 0"),
+        (dict(gamma=(0.0, 0.5, 0.5, 0.3)), "equal widths"),
+        (dict(gamma=(0.0, 0.5)), "sequence of L = 4"),
+        (dict(xi=0.0), "'xi' parameter of ResidualMLP must be > 0"),
+        (dict(xi=(1.0, -1.0, 1.0, 1.0)), "must be > 0"),
+        (dict(gamma=float("nan")), "finite"),
+    ],
+)
+def test_parameter_validation(changes, match):
+    base = dict(input_dim=2, hidden_widths=[6, 6, 6], output_dim=1, activation=_act("tanh"))
+    with pytest.raises(ParameterError, match=match):
+        ResidualMLP(**base, **changes)
+
+
+def test_at_criticality_formula_and_errors():
+    relu = ResidualMLP(input_dim=2, hidden_widths=[6] * 3, output_dim=6, activation=_act("relu"), gamma=0.6, xi=0.5)
+    crit = relu.at_criticality()
+    # γ² + ξ² C_W A_2 = 1 on residual layers, plain critical C_W = 2 elsewhere
+    assert np.allclose(crit.gammas**2 + crit.xis**2 * crit.C_W / 2, [1, 1, 1, 1])
+    assert crit.C_W[0] == pytest.approx(2.0) and np.all(crit.C_b == 0)
+    tanh = relu.evolve(activation=_act("tanh")).at_criticality()
+    assert np.allclose(tanh.gammas**2 + tanh.xis**2 * tanh.C_W, 1.0)
+    with pytest.raises(NoCriticalityError, match="gamma"):
+        relu.evolve(gamma=1.0).at_criticality()
+    with pytest.raises(NoCriticalityError):
+        relu.evolve(activation=_act("sigmoid")).at_criticality()
+
+
+# ------------------------------------------------------------------------------ layer maps
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_without_shortcut_equals_mlp(act):
+    """γ = 0, ξ = 1: every statistic equals the MLP's (same code path for the branch)."""
+    kw = _mlp_kw(act)
+    f_mlp, f_res = pdlt.flow(MLP(**kw), X2), pdlt.flow(ResidualMLP(**kw), X2)
+    for s1, s2 in zip(f_mlp, f_res):
+        for name in FIELDS:
+            a, b = getattr(s1, name), getattr(s2, name)
+            assert np.allclose(a, b, rtol=1e-12, atol=1e-13), (s1.layer, name)
+        assert not np.any(s2.Omega) and not np.any(s2.Pi) and not np.any(s2.Phi)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_branch_strength_enters_as_xi_squared_times_hyperparameters(act):
+    kw = _mlp_kw(act)
+    xi = 0.7
+    scaled = {k: tuple(np.asarray(kw[k] if np.ndim(kw[k]) else [kw[k]] * 5) / xi**2) for k in ("c_b", "c_w", "lambda_b", "lambda_w")}
+    net = ResidualMLP(**{**kw, **scaled}, xi=(xi,) * 5)
+    for s1, s2 in zip(pdlt.flow(MLP(**kw), X2), pdlt.flow(net, X2)):
+        for name in FIELDS:
+            assert np.allclose(getattr(s1, name), getattr(s2, name), rtol=1e-11, atol=1e-12), (s1.layer, name)
+
+
+def _gauss1(act, orders, K, insert=None):
+    blk = np.full((1, len(orders), len(orders)), K)
+    return float(expect(act, orders, blk, insert=insert, method="quadrature")[0][0])
+
+
+def test_single_input_tanh_recursion_closed_form():
+    """training.md §7: K' = γ²K + ξ²C⟨σ²⟩, V' = χ_∥²V + ξ⁴C²Var(σ²) + 2γ²ξ²C Cov(z², σ²) (odd σ)."""
+    act = _act("tanh")
+    net = ResidualMLP(input_dim=1, hidden_widths=[10] * 5, output_dim=10, activation=act, gamma=0.6, xi=0.8, c_w=1.3, c_b=0.1)
+    f = pdlt.flow(net, np.array([[1.2]]))
+    g, C, cb = 0.6, 0.64 * 1.3, 0.64 * 0.1
+    for ell in range(2, 6):
+        s, t = f.layer(ell), f.layer(ell + 1)
+        K, V, Th = s.K[0, 0], s.V[0, 0, 0, 0], s.Theta[0, 0]
+        s2, s4 = _gauss1(act, (0, 0), K), _gauss1(act, (0, 0, 0, 0), K)
+        chi = g**2 + C * 0.5 * _gauss1(act, (0, 0), K, insert=(2, 0))
+        cov_z2 = K**2 * _gauss1(act, (0, 0), K, insert=(2, 0))
+        assert t.K[0, 0] == pytest.approx(g**2 * K + cb + C * s2, rel=1e-12)
+        assert t.V[0, 0, 0, 0] == pytest.approx(chi**2 * V + C**2 * (s4 - s2**2) + 2 * g**2 * C * cov_z2, rel=1e-9)
+        chi_perp = g**2 + C * _gauss1(act, (1, 1), K)
+        assert t.Theta[0, 0] == pytest.approx(0.64 * (1 + s2) + chi_perp * Th, rel=1e-12)
+        assert not np.any(t.Omega)
+
+
+def test_single_input_relu_three_point_and_growth_rate():
+    """ReLU: Ω' = γχ_∥Ω + γc⟨zσ²⟩ with c = ξ²C_W; V/K² grows per layer by the closed-recursion ν."""
+    g = 0.5
+    net = ResidualMLP(input_dim=1, hidden_widths=[8] * 40, output_dim=8, activation=_act("relu"), gamma=g, xi=0.9).at_criticality()
+    f = pdlt.flow(net, np.array([[1.0]]))
+    K = f.layer(1).K[0, 0]
+    c = 2 * (1 - g**2)  # ξ²C_W at criticality (A_2 = ½)
+    zs2 = K**1.5 * math.sqrt(2 / math.pi)  # ⟨z σ²⟩ = K^{3/2} E[x³; x > 0]
+    assert f.layer(1).Omega[0, 0, 0] == 0.0
+    for ell in range(1, 6):
+        Om, Om_next = f.layer(ell).Omega[0, 0, 0], f.layer(ell + 1).Omega[0, 0, 0]
+        assert Om_next == pytest.approx(g * Om + g * c * zs2, rel=1e-9)
+    assert np.allclose([s.K[0, 0] for s in f], K, rtol=1e-12)  # criticality: K fixed
+    dV = np.diff([s.V[0, 0, 0, 0] for s in f])[-5:] / K**2
+    nu_closed = (1 - g**2) * (5 - g**2 + 16 / math.pi * g * (1 + g))
+    assert np.allclose(dV, nu_closed, rtol=1e-8)
+
+
+@pytest.mark.parametrize("act, g", [("relu", 0.5), ("relu", -0.4), ("gelu", 0.7), ("tanh", 0.6)])
+def test_single_input_tower(act, g):
+    """closure=True reproduces the flow exactly (any widths, plain layers in between); the full tower's
+    growth rate is pdlt.information.growth_rate (an independent code path)."""
+    net = ResidualMLP(
+        input_dim=1, hidden_widths=[8, 8, 6, 6, 6], output_dim=6, activation=_act(act),
+        gamma=(0, g, 0, 0, 0.7, -0.6), xi=0.9, c_b=0.05,
+    ).at_criticality()
+    f = pdlt.flow(net, np.array([[1.1]]))
+    closed = residual_module.single_input_tower(net, [1.1], 12, closure=True)
+    for s, t in zip(f, closed):
+        assert t.K == pytest.approx(s.K[0, 0], rel=1e-12)
+        for name in ("V", "G1", "Omega"):
+            th = getattr(s, name).ravel()[0]
+            assert getattr(t, name) == pytest.approx(th, rel=1e-8, abs=1e-12), (s.layer, name)
+        assert t.three_point == pytest.approx(s.one_neuron_three_point()[0, 0, 0], rel=1e-8, abs=1e-12)
+    full = residual_module.single_input_tower(net, [1.1], 40)
+    assert all(t.Omega == pytest.approx(c.Omega, rel=1e-10, abs=1e-14) for t, c in zip(full, closed))  # Ω is exact
+    if act != "tanh":
+        assert full[-1].V > closed[-1].V  # the higher couplings add to V for these σ
+        deep = ResidualMLP(input_dim=1, hidden_widths=[8] * 60, output_dim=8, activation=_act(act), gamma=g, xi=0.9).at_criticality()
+        rep = pdlt.criticality(_act(act))
+        x = 1.0 if rep.K_star is None else math.sqrt((rep.K_star - deep.C_b[0]) / deep.C_W[0])  # start at K*
+        tw = residual_module.single_input_tower(deep, [x], 80)
+        K = tw[-1].K
+        assert (tw[-1].V - tw[-2].V) / K**2 == pytest.approx(pdlt.information.growth_rate(_act(act), g), rel=1e-6)
+
+
+def test_odd_activation_has_no_three_point_tensors():
+    assert odd_tensors_vanish(_act("tanh")) and odd_tensors_vanish(_act("sin"))
+    assert not odd_tensors_vanish(_act("relu")) and not odd_tensors_vanish(_act("gelu"))
+    f = pdlt.flow(_res("tanh"), X2)
+    assert all(not np.any(s.Omega) and not np.any(s.Pi) and not np.any(s.Phi) for s in f)
+    f = pdlt.flow(_res("relu"), X2)
+    assert all(np.any(s.Omega) and np.any(s.Pi) and np.any(s.Phi) for s in f[1:])
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "tanh"])
+def test_marginalisation_and_symmetries(act):
+    """Restricting a 3-input flow to 2 inputs equals the 2-input flow (book §4.4); tensor symmetries hold."""
+    net = _res(act, gamma=0.6, xi=0.9)
+    f3, f2 = pdlt.flow(net, X3), pdlt.flow(net, X3[[2, 0]])
+    for s3, s2 in zip(f3, f2):
+        r = s3.restrict([2, 0])
+        assert isinstance(r, ResidualStatistics)
+        for name in FIELDS + ("Omega", "Pi", "Phi"):
+            assert np.allclose(getattr(r, name), getattr(s2, name), rtol=1e-7, atol=1e-9), (s3.layer, name)
+    s = f3[-1]
+    V = s.V
+    assert np.allclose(V, V.transpose(1, 0, 2, 3)) and np.allclose(V, V.transpose(2, 3, 0, 1), atol=1e-12)
+    assert np.allclose(s.A, s.A.transpose(2, 3, 0, 1), atol=1e-10)
+    assert np.allclose(s.B, s.B.transpose(1, 0, 3, 2), atol=1e-10)  # B_pqrs = B_qpsr
+    assert np.allclose(s.F, s.F.transpose(2, 3, 0, 1), atol=1e-10)
+    assert np.allclose(s.Omega, s.Omega.transpose(1, 0, 2), atol=1e-12)
+    assert np.allclose(s.Pi, s.Pi.transpose(1, 0, 2), atol=1e-12)
+    three = s.one_neuron_three_point()
+    assert np.allclose(three, three.transpose(1, 2, 0)) and np.allclose(three, three.transpose(1, 0, 2))
+
+
+def test_leading_order_flow_and_no_dntk():
+    net = _res("relu")
+    full, lead = pdlt.flow(net, X2), pdlt.flow(net, X2, order="leading")
+    for a, b in zip(full, lead):
+        assert np.array_equal(a.K, b.K) and np.array_equal(a.Theta, b.Theta) and b.V is None and b.Omega is None
+    with pytest.raises(ParameterError, match="not derived"):
+        residual_module.next_layer(net, full[0], 1, "dntk")
+
+
+# ------------------------------------------------------------------------------ real networks
+
+
+def test_forward_ntk_is_exact_jacobian_ntk():
+    """The residual forward equation equals Σ_μ λ_μ ∂z ∂z by central finite differences."""
+    net = ResidualMLP(
+        input_dim=3, hidden_widths=[4, 4, 4], output_dim=4, activation=_act("tanh"), c_b=0.3, c_w=1.7,
+        lambda_b=(0.5, 1.0, 2.0, 0.7), lambda_w=(1.3, 0.4, 1.0, 2.0), gamma=(0, 0.6, -0.5, 0.8), xi=(0.9, 0.8, 1.1, 0.7),
+    )
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2, 3))
+    p = sample_parameters(net, 1, rng)
+    H = residual_apply(net, p, X, gamma=net.gammas, xi=net.xis)[-1].H[0]
+    ws, bs = [w.copy() for w in p.weights], [b.copy() for b in p.biases]
+
+    def z(ws, bs):
+        pp = NetworkParameters(weights=ws, biases=bs)
+        return residual_apply(net, pp, X, gamma=net.gammas, xi=net.xis, ntk=False)[-1].z[0]
+
+    Hfd, h = np.zeros_like(H), 1e-5
+    for ell in range(net.depth):
+        for arr, lam in ((ws[ell], net.lambda_W[ell] / net.widths[ell]), (bs[ell], net.lambda_B[ell])):
+            for idx in np.ndindex(arr.shape):
+                old = arr[idx]
+                arr[idx] = old + h
+                zp = z(ws, bs)
+                arr[idx] = old - h
+                zm = z(ws, bs)
+                arr[idx] = old
+                J = (zp - zm) / (2 * h)
+                Hfd += lam * np.einsum("ia,jb->ijab", J, J)
+    assert np.max(np.abs(H - Hfd)) < 1e-8 * np.max(np.abs(H))
+
+
+def test_plain_residual_reproduces_mlp_draw_for_draw():
+    kw = _mlp_kw("relu")
+    X = np.random.default_rng(3).normal(size=(3, 2))
+    a = mlp_forward(MLP(**kw), X, 4, np.random.default_rng(7))
+    b = residual_forward(ResidualMLP(**kw), X, 4, np.random.default_rng(7))
+    for la, lb in zip(a, b):
+        assert np.allclose(la.z, lb.z, rtol=1e-13) and np.allclose(la.H, lb.H, rtol=1e-12)
+
+
+def test_residual_apply_validates_shortcuts():
+    net = ResidualMLP(input_dim=2, hidden_widths=[4, 4], output_dim=2, activation=_act("tanh"))
+    p = sample_parameters(net, 2, np.random.default_rng(0))
+    with pytest.raises(ParameterError, match="gamma\\^\\(1\\) = 0"):
+        residual_apply(net, p, X2, gamma=[0.5, 0, 0], xi=[1, 1, 1])
+    with pytest.raises(ParameterError, match="widths differ"):
+        residual_apply(net, p, X2, gamma=[0, 0.5, 0.5], xi=[1, 1, 1])
+    with pytest.raises(ParameterError, match="3 finite values"):
+        residual_apply(net, p, X2, gamma=[0, 0.5], xi=[1, 1, 1])
+
+
+# ------------------------------------------------------------------------------ plugin
+
+
+def test_registered_through_its_own_hook():
+    pm = get_plugin_manager(load_entrypoints=False)
+    if pm.get_plugin("pdlt_plugins.residual") is None:  # until it is listed in DEFAULT_PLUGINS
+        pm.register(residual_module, name="pdlt_plugins.residual")
+    assert lookup("architecture", "residual_mlp", pm) is ResidualMLP
+    pm.check_pending()
