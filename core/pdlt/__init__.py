@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ensemble, errors, interop, plotting, training
+from . import ensemble, errors, information, interop, plotting, training, validity
 from .activation import Activation
 from .architecture import Architecture
 from .errors import (
@@ -56,6 +56,8 @@ __all__ = [
     "ErrorDecomposition",
     "Regime",
     "training",
+    "information",
+    "validity",
     "interop",
     "plotting",
     "MissingDependencyError",

@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pdlt_plugins.activations",
     "pdlt_plugins.closed_forms",
     "pdlt_plugins.architectures",
+    "pdlt_plugins.residual",
     "pdlt_plugins.learning",
     "pdlt_plugins.observables",
 )

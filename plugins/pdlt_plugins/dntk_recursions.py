@@ -443,6 +443,12 @@ def dntk_flow(net, X, *, undefined: str = "raise", rule=None) -> Flow:
     """
     import pdlt
 
+    from .architectures import MLP
+
+    if type(net) is not MLP:
+        raise pdlt.ParameterError(
+            f"The 'net' parameter of dntk_flow must be a plain MLP (these are the MLP recursions). Got {type(net).__name__} instead."
+        )
     if rule is None:
         base = pdlt.flow(net, X)
     else:  # the MLP step with the same quadrature rule
