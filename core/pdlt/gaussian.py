@@ -76,7 +76,7 @@ class QuadratureRule:
 
     @classmethod
     def fast(cls) -> "QuadratureRule":
-        """About 10× cheaper in 3–4 dimensions (relative accuracy ~1e-4 instead of ~1e-7)."""
+        """About 10× cheaper in 3–4 dimensions, at ~1e-2 relative accuracy there (measured on the 1/n tensors of a 4-input tanh flow) instead of ~1e-7."""
         return cls({1: 16, 2: 10, 3: 12, 4: 8}, {1: _OFFSETS_WIDE, 2: _OFFSETS_WIDE, 3: (0.0,), 4: (0.0,)})
 
     def coarse(self) -> "QuadratureRule":

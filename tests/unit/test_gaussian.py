@@ -249,3 +249,18 @@ def test_bad_orders_rejected():
         expect(pdlt.activation("tanh"), (0, 0, 0, 0, 0), np.eye(5))
     with pytest.raises(pdlt.ParameterError, match="method"):
         expect(pdlt.activation("tanh"), (0,), np.eye(1), method="magic")
+
+
+def test_pair_matrix_coinciding_pairs_small_variance():
+    # regression: the Mehler pair matrix was off by ~1e-5 on coinciding pairs at small variance
+    from pdlt.gaussian import pair_matrix
+
+    act = pdlt.activation("gelu")
+    K = np.array([[0.01, 0.005, 0.002], [0.005, 0.012, 0.001], [0.002, 0.001, 0.009]])
+    for d1, d2 in [(0, 0), (1, 1), (2, 0)]:
+        v, _ = pair_matrix(act, d1, d2, K)
+        for i in range(3):
+            ref, _ = expect(act, (d1, d2), np.full((2, 2), K[i, i]), method="quadrature")
+            assert abs(v[i, i] - ref) <= 1e-10 * max(abs(ref), 1e-3)
+        off, _ = expect(act, (d1, d2), K[np.ix_([0, 1], [0, 1])], method="quadrature")
+        assert abs(v[0, 1] - off) <= 1e-10 * max(abs(off), 1e-3)
