@@ -808,6 +808,23 @@ class _GradientBase(LearningAlgorithm):
     def output_statistics(self, net, X, *, order, quadrature=None):
         return _output_statistics_with_dntk(self, net, X, order, quadrature)
 
+    def _full_distribution(self, eng, stats, n_out: int, corrections: bool, notes: tuple) -> TrainedDistribution:
+        """Infinite-width mean and covariance plus, when asked, their O(1/n) corrections."""
+        mean = eng.mean_infinite()
+        cov = expand_outputs(eng.cov_infinite(), n_out)
+        mc = cc = None
+        if corrections:
+            L, M = eng.linear_coefficient(), eng.cubic_coefficient()
+            n = float(stats.fan_in)
+            mc = eng.mean_correction(L, M) / n
+            cc = eng.cov_correction(L, M) / n
+            cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
+            self._finite(mc, cc)
+        return TrainedDistribution(
+            algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov,
+            mean_correction=mc, covariance_correction=cc, condition_number=eng.cond, notes=notes,
+        )
+
     def _engine(self, stats, train, y, test, terms_fn, corrections):
         owner = type(self).__name__
         if corrections:
@@ -913,20 +930,7 @@ class GradientDescent(_GradientBase):
                 mean_correction=mc, condition_number=eng.cond, notes=tuple(notes),
             )
         eng = self._engine(stats, train, y, test, terms_fn, corrections)
-        mean = eng.mean_infinite()
-        cov = expand_outputs(eng.cov_infinite(), y.shape[1])
-        mc = cc = None
-        if corrections:
-            L, M = eng.linear_coefficient(), eng.cubic_coefficient()
-            n = float(stats.fan_in)
-            mc = eng.mean_correction(L, M) / n
-            cc = eng.cov_correction(L, M) / n
-            cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
-            self._finite(mc, cc)
-        return TrainedDistribution(
-            algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov,
-            mean_correction=mc, covariance_correction=cc, condition_number=eng.cond, notes=tuple(notes),
-        )
+        return self._full_distribution(eng, stats, y.shape[1], corrections, tuple(notes))
 
 
 def _finite_steps(eng: _GradientEngine, eta: float, T: int):
@@ -966,21 +970,7 @@ class NewtonStep(_GradientBase):
     def trained_distribution(self, stats, train, y_train, test, *, corrections=True) -> TrainedDistribution:
         y = validate_labels(y_train, len(train), stats.width, "y_train", "NewtonStep")
         eng = self._engine(stats, train, y, test, newton_tensors, corrections)
-        mean = eng.mean_infinite()
-        cov = expand_outputs(eng.cov_infinite(), y.shape[1])
-        mc = cc = None
-        if corrections:
-            L, M = eng.linear_coefficient(), eng.cubic_coefficient()
-            n = float(stats.fan_in)
-            mc = eng.mean_correction(L, M) / n
-            cc = eng.cov_correction(L, M) / n
-            cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
-            self._finite(mc, cc)
-        return TrainedDistribution(
-            algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov,
-            mean_correction=mc, covariance_correction=cc, condition_number=eng.cond,
-            notes=self._notes(stats) if corrections else (),
-        )
+        return self._full_distribution(eng, stats, y.shape[1], corrections, self._notes(stats) if corrections else ())
 
 
 # ---------------------------------------------------------------------------------------------
