@@ -22,9 +22,9 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "api.md"
 #: Modules documented in addition to the modules listed in pdlt.__all__ (optional extras).
-EXTRA_MODULES = ("pdlt.data", "pdlt.plotting", "pdlt.interop")
+EXTRA_MODULES = ("pdlt.data", "pdlt.plotting", "pdlt.interop", "pdlt.testing")
 #: Concrete classes that ``pdlt.<Name>`` looks up in the plugin registry.
-PLUGIN_CLASSES = ("MLP", "ResidualMLP", "GradientDescent", "Bayesian", "NewtonStep")
+PLUGIN_CLASSES = ("MLP", "ResidualMLP", "GradientDescent", "Bayesian", "NewtonStep", "GiantLeapSmallStep")
 #: Public callables documented under a module (skip the dunder protocol, keep __call__).
 _DUNDERS = ("__call__",)
 _LIST_SECTIONS = ("Parameters", "Other Parameters", "Returns", "Yields", "Raises", "Warns", "Attributes")

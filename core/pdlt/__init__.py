@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ensemble, errors, information, interop, plotting, training, validity
+from . import ensemble, errors, generalization, information, interop, plotting, training, validity
 from .activation import Activation
 from .architecture import Architecture
 from .errors import (
@@ -33,6 +33,7 @@ from .flow import Flow, Statistics
 from .flow import flow as flow  # the function shadows the module name on purpose (pdlt.flow(net, X))
 from .gaussian import expect
 from .learning import ErrorDecomposition, LearningAlgorithm, Regime, TrainedDistribution
+from .observable import Comparison, Observable
 from .solver import solve
 from .plugins import get_plugin_manager, lookup
 
@@ -52,11 +53,15 @@ __all__ = [
     "ensemble",
     "solve",
     "LearningAlgorithm",
+    "Observable",
+    "Comparison",
+    "observable",
     "TrainedDistribution",
     "ErrorDecomposition",
     "Regime",
     "training",
     "information",
+    "generalization",
     "validity",
     "interop",
     "plotting",
@@ -88,6 +93,12 @@ def activation(name: str, **params: Any) -> Activation:
     return lookup("activation", name)(**params)
 
 
+def observable(name: str, **params: Any) -> Observable:
+    """Instantiate the observable registered as ``name`` (``pdlt plugins`` lists them), e.g.
+    ``pdlt.observable("test_mse", y_test=y)``."""
+    return lookup("observable", name)(**params)
+
+
 def architecture(name: str, **params: Any) -> Architecture:
     """Instantiate the architecture registered as ``name`` ("mlp", "residual_mlp", …)."""
     return lookup("architecture", name)(**params)
@@ -99,6 +110,7 @@ _LAZY_PLUGIN_CLASSES = {
     "GradientDescent": ("learning_algorithm", "gradient_descent"),
     "Bayesian": ("learning_algorithm", "bayesian"),
     "NewtonStep": ("learning_algorithm", "newton_step"),
+    "GiantLeapSmallStep": ("learning_algorithm", "giant_leap_small_step"),
 }
 
 

@@ -59,6 +59,17 @@ _DEFAULTS: dict[str, Any] = {
     "plot": None,
     "json": False,
     "progress": True,
+    "train": True,
+    "algorithm": "gradient_descent",
+    "learning_rate": None,
+    "steps": None,
+    "noise_variance": 0.01,
+    "data": "sin",
+    "n_train": 2,
+    "n_test": 2,
+    "train_file": None,
+    "test_file": None,
+    "ensemble": None,
 }
 _RUN_SIZE = 2000
 _COMPARE_SIZE = 10_000
@@ -68,7 +79,10 @@ _CONFIG_KEYS = {
     "compare": ("activation", "params", "depth", "width", "widths", "output_dim", "c_b", "c_w", "lambda_b",
                 "lambda_w", "critical", "inputs", "size", "seed", "save", "plot", "json", "progress"),
     "run": ("activation", "params", "depth", "width", "widths", "output_dim", "c_b", "c_w", "lambda_b",
-            "lambda_w", "critical", "inputs", "size", "seed", "json", "progress"),
+            "lambda_w", "critical", "inputs", "size", "seed", "json", "progress", "train"),
+    "train": ("activation", "params", "depth", "width", "widths", "output_dim", "c_b", "c_w", "lambda_b",
+              "lambda_w", "critical", "algorithm", "learning_rate", "steps", "noise_variance", "data", "n_train",
+              "n_test", "train_file", "test_file", "leading", "ensemble", "seed", "plot", "json", "progress"),
 }
 
 
@@ -142,7 +156,7 @@ def _bool(value) -> bool:
 
 
 # =============================================================================== argument parser
-def _network_options(p: argparse.ArgumentParser, *, leading: bool) -> None:
+def _network_options(p: argparse.ArgumentParser, *, leading: bool, inputs: bool = True) -> None:
     g = p.add_argument_group("network (defaults: tanh MLP, depth 4, width 32 in every layer, C_b=0, C_W=1)")
     g.add_argument("--activation", "-a", metavar="NAME", help="registered activation name (see `pdlt plugins`)")
     g.add_argument("--param", "-p", metavar="KEY=VALUE", action="append", type=_key_value, dest="param",
@@ -157,7 +171,8 @@ def _network_options(p: argparse.ArgumentParser, *, leading: bool) -> None:
     g.add_argument("--lambda-b", type=_float_or_list, metavar="X", help="bias learning rate λ_b (one value or one per layer)")
     g.add_argument("--lambda-w", type=_float_or_list, metavar="X", help="weight learning rate λ_W (one value or one per layer)")
     g.add_argument("--critical", action="store_true", default=None, help="tune (C_b, C_W) to criticality")
-    g.add_argument("--inputs", "-i", metavar="FILE", help="inputs X (N, n_0) from .csv/.txt/.npy/.npz (default: 3 points on a circle)")
+    if inputs:
+        g.add_argument("--inputs", "-i", metavar="FILE", help="inputs X (N, n_0) from .csv/.txt/.npy/.npz (default: 3 points on a circle)")
     p.add_argument("--config", "-c", metavar="FILE", help="TOML or JSON file with the same options (command line wins)")
     if leading:
         p.add_argument("--leading", action="store_true", default=None, help="infinite width only: K and Θ (cheap)")
@@ -179,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "The effective theory of deep learning as working software.\n\n"
             "Without a command, runs the default job (same as `pdlt run`): the criticality report,\n"
-            "the RG flow of K and V/(nK²) over depth, and theory vs a small ensemble of real networks."
+            "the RG flow of K and V/(nK²) over depth, theory vs a small ensemble of real networks, and\n"
+            "the distribution of networks trained by gradient descent: theory vs real trained networks."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -187,10 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="the default job on built-in data (what `pdlt` alone runs)",
-                       description="Criticality report, RG flow and a theory-vs-ensemble check at the output layer. "
-                                   "The network is tuned to criticality unless --c-b or --c-w is given.")
+                       description="Criticality report, RG flow, a theory-vs-ensemble check at the output layer, and "
+                                   "a depth-2 network of the same activation and width trained by gradient descent on "
+                                   "built-in data (theory vs 2 × SIZE real trained networks). The network is tuned to "
+                                   "criticality unless --c-b or --c-w is given.")
     _network_options(p, leading=False)
     _ensemble_options(p, _RUN_SIZE)
+    p.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train a default network by gradient descent: theory vs 2 × SIZE real trained networks (default on)")
     p.add_argument("--json", action="store_true", default=None, help="machine-readable output")
     p.set_defaults(func=_cmd_run)
 
@@ -219,6 +239,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="OUT.npz", help="save the ensemble statistics (.npz, no pickle)")
     p.add_argument("--plot", metavar="FILE", help="write a figure of theory vs ensemble over depth to FILE (needs pdlt[plot])")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "train", aliases=["predict"], help="distribution of trained networks at test points (Bayesian, GD, Newton)",
+        description="Mean and variance of the trained outputs at the test inputs: infinite width and to order 1/n, "
+                    "optionally against real networks trained by gradient descent (--ensemble M). Default: a tanh "
+                    "MLP of depth 2 (one hidden layer of width 32, critical) on the built-in sin(πx) data "
+                    "(2 training points at x = ∓0.5, test points x = ∓1). The 1/n part needs the dNTK statistics of "
+                    "all N = n_train + n_test inputs, whose cost grows like N⁴: keep N small, or use --leading.")
+    _network_options(p, leading=True, inputs=False)
+    g = p.add_argument_group("learning")
+    g.add_argument("--algorithm", "-A", metavar="NAME", help="gradient_descent (default), bayesian, newton_step, … (see `pdlt plugins`)")
+    g.add_argument("--learning-rate", "--eta", type=float, dest="learning_rate", metavar="η",
+                   help="gradient-descent step (default: half the stability limit 2/λ_max(Θ̃))")
+    g.add_argument("--steps", "-T", type=_nonneg_int, metavar="T", help="gradient-descent steps (default: to convergence)")
+    g.add_argument("--noise-variance", type=float, metavar="σ²", help="Bayesian observation noise σ_ε² (default 0.01)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", "-d", metavar="NAME", help="built-in data: sin (default, 1-D), sin2d, diabetes (needs scikit-learn)")
+    g.add_argument("--n-train", type=_positive_int, metavar="N", help="training points (default 2)")
+    g.add_argument("--n-test", type=_positive_int, metavar="N", help="test points (default 2)")
+    g.add_argument("--train-file", metavar="FILE", help="training set (.csv/.npy/.npz): input columns, then the label as the last column")
+    g.add_argument("--test-file", metavar="FILE", help="test inputs (.csv/.npy/.npz), one per row")
+    g.add_argument("--ensemble", "-M", type=_positive_int, metavar="M",
+                   help="also train M real networks by gradient descent and compare (z-scores)")
+    g.add_argument("--seed", "-s", type=_nonneg_int, metavar="S", help="root seed of the ensemble (default 0)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress line on stderr (default on)")
+    p.add_argument("--json", action="store_true", default=None, help="machine-readable output")
+    p.add_argument("--plot", metavar="FILE", help="write the trained mean ± 2 standard deviations over a 1-D test input to FILE (needs pdlt[plot])")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("plugins", help="registered activations, architectures, learning algorithms, observables",
                        description="Everything registered through the plugin manager, with its provider.")
@@ -281,8 +329,9 @@ def _config_options(path: str, command: str) -> dict[str, Any]:
                     f"Allowed: {', '.join(allowed)}."
                 )
             merged[norm] = _coerce_config_value(path, key, norm, value)
-    if isinstance(merged.get("inputs"), str):  # paths are relative to the config file
-        merged["inputs"] = str((Path(path).parent / merged["inputs"]).expanduser())
+    for key in ("inputs", "train_file", "test_file"):
+        if isinstance(merged.get(key), str):  # paths are relative to the config file
+            merged[key] = str((Path(path).parent / merged[key]).expanduser())
     return merged
 
 
@@ -307,11 +356,34 @@ def _coerce_config_value(path: str, key: str, norm: str, value: Any) -> Any:
         "plot": lambda v: v if isinstance(v, str) else _fail("a file path"),
         "params": _params_value,
         "inputs": lambda v: v if isinstance(v, (str, list)) else _fail("a file path or a list of input rows"),
+        "train": _bool,
+        "algorithm": lambda v: v if isinstance(v, str) else _fail("a string"),
+        "data": lambda v: v if isinstance(v, str) else _fail("a string"),
+        "learning_rate": _positive_float,
+        "noise_variance": _nonneg_float,
+        "steps": _nonneg_int,
+        "n_train": _positive_int,
+        "n_test": _positive_int,
+        "ensemble": _positive_int,
+        "train_file": lambda v: v if isinstance(v, str) else _fail("a file path"),
+        "test_file": lambda v: v if isinstance(v, str) else _fail("a file path"),
     }
     try:
         return converters[norm](value)
     except argparse.ArgumentTypeError as exc:
         raise ParameterError(f"The option {key!r} in config file {path!r} is invalid: {exc}.") from None
+
+
+def _positive_float(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def _nonneg_float(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {v!r}")
+    return float(v)
 
 
 def _fail(what: str):
@@ -816,6 +888,12 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     t_flow = time.perf_counter() - t0
     ens, t_ens = _run_ensemble(net, X, opts)
     comps = _comparisons(fl[-1], ens[-1])
+    training, training_error = None, None
+    if opts.train:
+        try:
+            training = _run_training(opts, net)
+        except PdltError as exc:  # e.g. a kinked activation, whose dNTK statistics are undefined
+            training_error = f"{type(exc).__name__}: {exc}"
 
     if opts.json:
         _print_json({
@@ -823,6 +901,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             "criticality": report.to_dict() if report is not None else None,
             **_flow_dict(fl, net, X),
             "comparison": _comparison_dict(comps, ens),
+            "training": _training_dict(training) if training is not None else training_error,
             "timing_s": {"flow": t_flow, "ensemble": t_ens},
         }, compact=True)
         return 0
@@ -846,6 +925,278 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     print("max |z| over all components: "
           + ", ".join(f"{_SYMBOL.get(c['name'], c['name'])} {_max_abs_z(c):.2f}" for c in comps if c["name"] in names))
     print(f"(flow {t_flow:.2f} s, ensemble {t_ens:.2f} s; all of K, Θ, V, A, B, D, F: `pdlt compare`)")
+    if opts.train:
+        print("\n== trained network: theory vs real networks ==")
+        if training is None:
+            print(f"unavailable for this network: {training_error}")
+        else:
+            print(_training_text(training))
+            t = training["timing_s"]
+            print(f"(theory {t['theory']:.2f} s, training {t['ensemble']:.2f} s; more: `pdlt train --help`)")
+    return 0
+
+
+# =============================================================================== training
+_TRAIN_HEADER = ["quantity", "∞ width", "theory (1/n)", "ensemble ± SE", "z (1/n)", "z (∞)"]
+
+
+def _train_network(opts, activation, hidden: tuple[int, ...], input_dim: int, hp: dict[str, Any]):
+    from .plugins import lookup
+
+    cls = lookup("architecture", "mlp")
+    net = cls(input_dim=input_dim, hidden_widths=hidden, output_dim=1, activation=activation, **hp)
+    return _at_criticality(net) if opts.critical else net
+
+
+def _half_stability_limit(stats, n_train: int) -> float:
+    """η = 1/λ_max of the mean NTK on the training set: half the gradient-descent stability limit."""
+    from .plugins import lookup
+
+    limit = lookup("learning_algorithm", "gradient_descent")(learning_rate=1.0).stability_limit(stats, np.arange(n_train))
+    return 0.5 * limit
+
+
+def _trained_comparison(dist, ens) -> list[Any]:
+    from .plugins import lookup
+
+    return [lookup("observable", name)().compare(dist, ens) for name in ("trained_mean", "trained_variance")]
+
+
+def _trained_rows(comps, X_test: np.ndarray) -> list[list[str]]:
+    rows = []
+    symbol = {"trained_mean": "E", "trained_variance": "Var"}
+    for c in comps:
+        z, zi = c.z, c.z_infinite
+        for b in range(X_test.shape[0]):
+            x = ",".join(f"{v:g}" for v in X_test[b])
+            for i in range(c.theory.shape[1]):
+                label = f"{symbol.get(c.name, c.name)}[z{'_' + str(i) if c.theory.shape[1] > 1 else ''}(x={x})]"
+                inf = c.infinite[b, i] if c.infinite is not None else c.theory[b, i]
+                rows.append([label, _num(inf), _num(c.theory[b, i]), _pm(c.estimate.mean[b, i], c.estimate.stderr[b, i]),
+                             f"{z[b, i]:+.2f}", f"{zi[b, i]:+.2f}" if zi is not None else ""])
+    return rows
+
+
+def _trained_comparison_dict(comps, ens) -> dict[str, Any]:
+    return {
+        "ensemble": {"size": ens.size, "seed": ens.seed, "steps": ens.steps, "max_residual": ens.max_residual,
+                     "learning_rate": ens.learning_rate, "n_batches": ens.n_batches},
+        "observables": {
+            c.name: {"theory": c.theory, "infinite_width": c.infinite, "mean": c.estimate.mean,
+                     "stderr": c.estimate.stderr, "z": c.z, "z_infinite": c.z_infinite, "max_abs_z": c.max_abs_z}
+            for c in comps
+        },
+    }
+
+
+def _run_training(opts, init_net) -> dict[str, Any]:
+    """The training section of the default job: a depth-2 network of the same activation, width and
+    (last-layer) initialization, trained by gradient descent on 2 built-in points, theory vs ensemble."""
+    from .data import regression_1d
+    from .plugins import lookup
+    from .solver import solve
+    from .training import train_ensemble
+
+    Xa, ya, Xb, yb = regression_1d(n_train=2, n_test=1, design="grid")
+    width = init_net.widths[-2]
+    hp = {"c_b": float(init_net.C_b[-1]), "c_w": float(init_net.C_W[-1]),
+          "lambda_b": float(init_net.lambda_B[-1]), "lambda_w": float(init_net.lambda_W[-1])}
+    net = lookup("architecture", "mlp")(input_dim=1, hidden_widths=(width,), output_dim=1, activation=init_net.activation, **hp)
+    gd_cls = lookup("learning_algorithm", "gradient_descent")
+    t0 = time.perf_counter()
+    stats = gd_cls(learning_rate=1.0).output_statistics(net, np.vstack([Xa, Xb]), order="dntk")
+    eta = _half_stability_limit(stats, Xa.shape[0])
+    dist = solve(net, gd_cls(learning_rate=eta), Xa, ya, Xb, statistics=stats, warn_regime=False)
+    t_theory = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    size = max(4, 2 * int(opts.size))
+    ens = train_ensemble(net, Xa, ya, Xb, learning_rate=eta, size=size, seed=opts.seed, control_variate=True,
+                         progress=bool(opts.progress))
+    t_ens = time.perf_counter() - t0
+    return {"net": net, "X_train": Xa, "y_train": ya, "X_test": Xb, "y_test": yb, "eta": eta, "dist": dist, "ensemble": ens,
+            "comparisons": _trained_comparison(dist, ens), "timing_s": {"theory": t_theory, "ensemble": t_ens}}
+
+
+def _training_text(tr) -> str:
+    ens, dist = tr["ensemble"], tr["dist"]
+    xa = ", ".join(f"{v:g}" for v in tr["X_train"][:, 0])
+    ya = ", ".join(f"{v:g}" for v in tr["y_train"][:, 0])
+    xb = ", ".join(f"{v:g}" for v in tr["X_test"][:, 0])
+    lines = [
+        _network_line(tr["net"]),
+        f"data: built-in regression_1d(n_train=2, n_test=1, design='grid'), y = sin(πx): train x = {xa} (y = {ya}); "
+        f"test x = {xb} (an extrapolation)",
+        f"gradient descent on the MSE loss, η = {tr['eta']:.4g} (half the stability limit), to convergence; "
+        f"theory to order 1/n with n = {dist.width} (dNTK and ddNTKs included)",
+        f"{ens.size} real networks trained (seed {ens.seed}, {ens.steps} steps, max |ε| = {ens.max_residual:.1g}); "
+        "z = (ensemble − theory)/SE",
+        _table(_TRAIN_HEADER, _trained_rows(tr["comparisons"], tr["X_test"])),
+    ]
+    if not dist.regime.ok:
+        lines.append("regime warning: " + "; ".join(dist.regime.messages))
+    return "\n".join(lines)
+
+
+def _training_dict(tr) -> dict[str, Any]:
+    dist = tr["dist"]
+    return {
+        "network": _network_dict(tr["net"]),
+        "algorithm": {"name": "gradient_descent", "learning_rate": tr["eta"], "steps": None},
+        "X_train": tr["X_train"], "y_train": tr["y_train"], "X_test": tr["X_test"], "y_test": tr["y_test"],
+        "width": dist.width,
+        **_trained_comparison_dict(tr["comparisons"], tr["ensemble"]),
+        "regime": attrs_dict(dist.regime),
+        "timing_s": tr["timing_s"],
+    }
+
+
+def attrs_dict(obj) -> dict[str, Any]:
+    import attrs
+
+    return attrs.asdict(obj)
+
+
+_BUILTIN_DATA = ("sin", "sin2d", "diabetes")
+
+
+def _training_data(opts):
+    from . import data
+
+    if opts.train_file is not None:
+        table = data.load(opts.train_file)
+        if table.shape[1] < 2:
+            raise ParameterError(
+                f"The training file {opts.train_file!r} must have input columns followed by the label column. "
+                f"Got {table.shape[1]} column(s) instead."
+            )
+        Xa, ya = table[:, :-1], table[:, -1:]
+        if opts.test_file is None:
+            raise ParameterError("--train-file needs --test-file (the inputs at which to predict).")
+        Xb = data.load(opts.test_file)
+        if Xb.shape[1] != Xa.shape[1]:
+            raise ParameterError(
+                f"The test file {opts.test_file!r} has {Xb.shape[1]} columns but the training inputs have {Xa.shape[1]}."
+            )
+        return Xa, ya, Xb, None, f"{opts.train_file} (train), {opts.test_file} (test)"
+    if opts.test_file is not None:
+        raise ParameterError("--test-file needs --train-file (or drop it to use built-in data).")
+    name = opts.data
+    if name == "sin":
+        Xa, ya, Xb, yb = data.regression_1d(opts.n_train, opts.n_test, design="grid")
+        return Xa, ya, Xb, yb, f"built-in regression_1d(n_train={opts.n_train}, n_test={opts.n_test}, design='grid'), y = sin(πx)"
+    if name == "sin2d":
+        Xa, ya, Xb, yb = data.regression_2d(opts.n_train, opts.n_test)
+        return Xa, ya, Xb, yb, f"built-in regression_2d(n_train={opts.n_train}, n_test={opts.n_test})"
+    if name == "diabetes":
+        Xa, ya, Xb, yb = data.diabetes(opts.n_train, opts.n_test)
+        return Xa, ya, Xb, yb, f"built-in diabetes(n_train={opts.n_train}, n_test={opts.n_test}) (scikit-learn, standardised)"
+    close = difflib.get_close_matches(str(name), _BUILTIN_DATA, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ParameterError(f"The 'data' option must name a built-in data set.{hint} Choose from {', '.join(_BUILTIN_DATA)}. Got {name!r} instead.")
+
+
+def _cmd_train(ns: argparse.Namespace) -> int:
+    from .plugins import lookup
+    from .solver import solve
+
+    opts = _resolve(ns, "train")
+    if opts.plot:
+        _require_plotting()
+    Xa, ya, Xb, yb, source = _training_data(opts)
+    if opts.widths is None and "depth" not in opts._explicit:
+        opts.depth = 2
+    if not (opts.c_b is not None or opts.c_w is not None):
+        opts.critical = True
+    net = _make_network(opts, Xa)
+    if net.output_dim != ya.shape[1]:
+        net = net.evolve(output_dim=ya.shape[1])
+    alg_cls = lookup("learning_algorithm", opts.algorithm)
+    order = "leading" if opts.leading else None
+    stats = None
+    params: dict[str, Any] = {}
+    if opts.algorithm == "gradient_descent":
+        if opts.learning_rate is None:
+            probe = alg_cls(learning_rate=1.0)
+            stats = probe.output_statistics(net, np.vstack([Xa, Xb]), order="leading" if opts.leading else probe.order)
+            params["learning_rate"] = _half_stability_limit(stats, Xa.shape[0])
+        else:
+            params["learning_rate"] = opts.learning_rate
+        if opts.steps is not None:
+            params["steps"] = opts.steps
+    elif opts.algorithm == "bayesian":
+        params["noise_variance"] = opts.noise_variance
+    elif opts.learning_rate is not None or opts.steps is not None:
+        raise ParameterError(f"--learning-rate and --steps apply to gradient_descent only, not to {opts.algorithm!r}.")
+    try:
+        algorithm = alg_cls(**params)
+    except TypeError as exc:
+        raise ParameterError(f"The learning algorithm {opts.algorithm!r} could not be built with {params!r}: {exc}") from exc
+    dist = solve(net, algorithm, Xa, ya, Xb, order=order, statistics=stats, warn_regime=False)
+    comps = None
+    ens = None
+    if opts.ensemble is not None:
+        if opts.algorithm != "gradient_descent":
+            raise ParameterError("--ensemble trains real networks by gradient descent; use it with --algorithm gradient_descent.")
+        from .training import train_ensemble
+
+        ens = train_ensemble(net, Xa, ya, Xb, learning_rate=algorithm.learning_rate, size=max(4, opts.ensemble),
+                             steps=algorithm.steps, seed=opts.seed, control_variate=True, progress=bool(opts.progress))
+        comps = _trained_comparison(dist, ens)
+    if opts.plot:
+        if Xb.shape[1] != 1:
+            raise ParameterError(f"--plot draws a one-dimensional test input; these test inputs have {Xb.shape[1]} columns.")
+        from .plotting import plot_trained
+
+        std = np.sqrt(np.clip(dist.variance[:, 0], 0.0, None))
+        corrected = dist.mean_correction is not None
+        fig = plot_trained(dist.mean[:, 0], std, Xb, Xa, ya[:, 0], n_std=2.0,
+                           reference=dist.mean_infinite[:, 0] if corrected else None,
+                           reference_label="infinite-width mean", label="mean to order 1/n" if corrected else "mean (infinite width)")
+        _save_figure(fig, opts.plot)
+    var_inf = np.einsum("aiai->ai", dist.covariance_infinite)
+    if opts.json:
+        out = {
+            "command": "train", "network": _network_dict(net), "algorithm": {"name": algorithm.name, **attrs_dict(algorithm)},
+            "data": source, "X_train": Xa, "y_train": ya, "X_test": Xb, "y_test": yb, "width": dist.width,
+            "mean_infinite": dist.mean_infinite, "mean_correction": dist.mean_correction, "mean": dist.mean,
+            "variance_infinite": var_inf, "variance": dist.variance, "covariance": dist.covariance,
+            "regime": attrs_dict(dist.regime), "notes": list(dist.notes),
+        }
+        if yb is not None:
+            out["test_error"] = {"mse": dist.test_error(yb).mse, "mse_infinite": dist.test_error(yb, corrected=False).mse}
+        if comps is not None:
+            out["comparison"] = _trained_comparison_dict(comps, ens)
+        _print_json(out, compact=True)
+        return 0
+    lines = [_network_line(net), f"data: {source}",
+             f"algorithm: {algorithm!r}" + ("" if dist.mean_correction is not None else "; infinite width only (--leading)")]
+    header = ["x", "mean ∞", "mean (1/n)", "std ∞", "std (1/n)"] + (["target"] if yb is not None else [])
+    rows = []
+    has_corr = dist.mean_correction is not None
+    has_cov = dist.covariance_correction is not None
+    for b in range(Xb.shape[0]):
+        for i in range(dist.n_outputs):
+            x = ",".join(f"{v:.3g}" for v in Xb[b]) + (f" [{i}]" if dist.n_outputs > 1 else "")
+            row = [x, _num(dist.mean_infinite[b, i]), _num(dist.mean[b, i]) if has_corr else "",
+                   _num(math.sqrt(max(var_inf[b, i], 0.0))),
+                   _num(math.sqrt(max(dist.variance[b, i], 0.0))) if has_cov else ""]
+            if yb is not None:
+                row.append(_num(yb[b, i]))
+            rows.append(row)
+    lines.append(_table(header, rows))
+    if yb is not None:
+        e_inf = dist.test_error(yb, corrected=False)
+        e = dist.test_error(yb)
+        lines.append(f"test loss ½E[(z − y)²] per point: infinite width {e_inf.mse:.6g}" + (f", to order 1/n {e.mse:.6g}" if has_corr else ""))
+    for note in dist.notes:
+        lines.append(f"note: {note}")
+    if not dist.regime.ok:
+        lines.append("regime warning: " + "; ".join(dist.regime.messages))
+    if comps is not None:
+        lines.append(f"{ens.size} real networks trained by gradient descent (seed {ens.seed}, {ens.steps} steps); "
+                     "z = (ensemble − theory)/SE")
+        lines.append(_table(_TRAIN_HEADER, _trained_rows(comps, Xb)))
+    print("\n".join(lines))
     return 0
 
 

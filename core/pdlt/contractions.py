@@ -24,6 +24,7 @@ from .gaussian import (
     MEHLER_KMAX,
     QuadratureRule,
     _closed_form,
+    _closed_pair_matrices,
     _coincidence_labels,
     _evaluate,
     _hermite_coefficients,
@@ -146,15 +147,23 @@ class LayerExpectations:
         self.N = self.K.shape[0]
         self.rule = rule
         self.error_probes = error_probes
-        d = np.diag(self.K)
-        scale = max(float(d.max()), 1e-300)
-        self.coincident = np.abs(d[:, None] + d[None, :] - 2 * self.K) <= 1e-13 * scale
+        self._coincident: np.ndarray | None = None
+        self._closed_pairs_tried: set[tuple[int, int]] = set()
         self._pairs: dict[tuple[int, int], np.ndarray] = {}
         self._quads: dict[tuple[int, ...], np.ndarray] = {}
         self._totals: dict[tuple[int, int, int], np.ndarray] = {}
         self._family: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._hermite: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.max_error = 0.0
+
+    @property
+    def coincident(self) -> np.ndarray:
+        """(N, N) bool: inputs a, b coincide (K_aa + K_bb − 2K_ab ≤ 1e-13 max K_cc, z_a = z_b)."""
+        if self._coincident is None:
+            d = np.diag(self.K)
+            scale = max(float(d.max()), 1e-300)
+            self._coincident = np.abs(d[:, None] + d[None, :] - 2 * self.K) <= 1e-13 * scale
+        return self._coincident
 
     def _record(self, vals, errs):
         errs = np.asarray(errs)
@@ -244,6 +253,8 @@ class LayerExpectations:
         if key not in self._pairs:
             if (d2, d1) in self._pairs:
                 self._pairs[key] = self._pairs[(d2, d1)].T
+            elif self._closed_pairs(key):
+                pass
             elif not self.activation.kinks and self.N >= 2 and not self._has_closed_form(key):
                 # smooth σ: all pairs at once by Mehler's expansion, O(N² k)
                 tables = self._hermite_tables(d1, d2)
@@ -264,6 +275,39 @@ class LayerExpectations:
                         except NumericalError:
                             pass
         return self._pairs[key]
+
+    def release_pair(self, d1: int, d2: int) -> np.ndarray:
+        """:meth:`pair` handed over to the caller, who may overwrite it: it leaves the cache.
+
+        The leading-order layer map turns ⟨σσ⟩ and ⟨σ'σ'⟩ into K and Θ in place, saving two
+        fresh N×N arrays per layer.
+        """
+        X = self.pair(d1, d2)
+        for key in ((d1, d2), (d2, d1)):
+            self._pairs.pop(key, None)
+        if not (X.flags.writeable and X.flags.owndata and X.flags.c_contiguous):
+            X = np.array(X)
+        return X
+
+    def _closed_pairs(self, key: tuple[int, int]) -> bool:
+        """Fill ``self._pairs[key]`` from the plugins' pair-matrix closed forms, if any.
+
+        On first use ⟨σσ⟩ and ⟨σ'σ'⟩ are asked for together (K and Θ always need both, and a
+        closed form shares its angle between them); exact, so no error is recorded.
+        """
+        if key in self._closed_pairs_tried:
+            return False
+        wanted = [key] + [o for o in ((0, 0), (1, 1)) if o != key and o not in self._pairs and o not in self._closed_pairs_tried]
+        mats = _closed_pair_matrices(self.activation, wanted, self.K)
+        if mats is None and len(wanted) > 1:
+            wanted = [key]
+            mats = _closed_pair_matrices(self.activation, wanted, self.K)
+        if mats is None:
+            self._closed_pairs_tried.add(key)
+            return False
+        for o, m in zip(wanted, mats):
+            self._pairs[o] = m
+        return True
 
     def _hermite_tables(self, d1: int, d2: int) -> dict:
         """Mehler coefficients of σ^(d) at the scales of K, shared by every smooth pair matrix;

@@ -9,8 +9,8 @@ one side only: SWISH, GELU) or *none*.  Classification is numerical and general 
 activation name): homogeneity from metadata or from evaluating σ, the K* = 0 class from Taylor
 coefficients at 0, and otherwise a root search of χ_∥(K)/χ_⊥(K) = 1 with Gaussian expectations
 from :mod:`pdlt.gaussian`.  The report also carries the large-depth coefficients the theory
-derives for each class (ch. 5 and ch. 9), and :func:`learning_rate_schedule` implements the
-learning-rate equivalence principle (book §9; theory/init.md §5).
+derives for each class (ch. 5 and ch. 9; for the dNTK/ddNTK ch. 11 and ∞), and
+:func:`learning_rate_schedule` implements the learning-rate equivalence principle (book §9; theory/init.md §5).
 """
 
 from __future__ import annotations
@@ -214,6 +214,85 @@ class CriticalityReport:
             return {"V": self.v_slope, "F": 0.25, "B": 1.0 / 3.0, "D": -2.0 * rho / 9.0, "A": 4.0 * rho**2 / 27.0}
         raise NotImplementedError(
             f"NTK fluctuation asymptotics are implemented for the scale-invariant and K*=0 classes; "
+            f"{self.activation.name!r} is in class {self.universality_class!r}."
+        )
+
+    def dntk_ratios(self, f_w: float | None = None, *, lambda_b: float = 1.0, lambda_w: float = 1.0) -> dict[str, float]:
+        """Large-depth slopes of the dimensionless dNTK and ddNTK statistics, per ℓ/n.
+
+        Returns the coefficients c_X with X ≈ c_X ℓ/n at large ℓ (single input, equal widths,
+        at criticality) for P/(nΘ²), Q/(nΘ²) and R K/(nΘ³), S K/(nΘ³), T K/(nΘ³), U K/(nΘ³) (keys
+        "P" … "U"; K, Θ, P … U of the same layer ℓ, the tensors normalised by 1/n_{ℓ−1}).
+
+        Parameters
+        ----------
+        f_w : float in [0, 1]
+            Scale-invariant class: f_W = λ_W A_2 K/(λ_b + λ_W A_2 K), as in :meth:`ntk_ratios`.
+        lambda_b, lambda_w : float ≥ 0
+            K* = 0 class: the rescaled learning rates λ̃_b, λ̃_W of :func:`learning_rate_schedule`
+            (λ_b^(ℓ) = λ̃_b/ℓ, λ_W^(ℓ) = λ̃_W for p_⊥ = 1), so that Θ^(ℓ) → Θ*.
+
+        Returns
+        -------
+        dict of str to float
+            K* = 0 class: all six keys.  Scale-invariant class: "P" and "Q"; "R" … "U" only when σ
+            has no kink (a₊ = a₋, the linear network), since for a kinked σ they are undefined at
+            coinciding inputs (docs/dntk.md, "Kinked activations").
+
+        Notes
+        -----
+        Book §11.3 (P, Q) and §∞.3 (R, S, T, U); derivation in docs/dntk.md ("Asymptotics at
+        criticality") from the single-input recursions of theory/dntk.md §2, with F, B of
+        :meth:`ntk_ratios`.  c ≡ A_4/A_2², ρ = λ̃_b/Θ*, Θ* = λ̃_b + λ̃_W σ_1²/(−a_1):
+
+        * scale-invariant (C_b = 0): P = 0 exactly (every source carries σ''σ ∝ zδ(z) = 0), and
+          Q' = Q + (λ_W/C_W) F' gives Q/(nΘ²) → (c f_W/6) ℓ/n; for a₊ = a₋ (c = 1, σ'' = 0):
+          R = U = 0, S K/(nΘ³) → (f_W/12) ℓ/n, T K/(nΘ³) → (f_W²/12) ℓ/n;
+        * K* = 0 with p_⊥ = 1 (odd σ): P → −1/12, Q → −ρ/16, R → −(4 − ρ)/48, S → (1 − ρ)/12,
+          T → ρ²/32 (per ℓ/n), and U K/(nΘ³) → 1/(2n): no growth (c_U = 0).
+
+        Subleading terms are O(1) (scale-invariant) and O(log ℓ) (K* = 0) in the ratio; the
+        tests compare with the recursions iterated to ℓ = 200–800.
+        """
+        if self.universality_class == "scale-invariant":
+            if f_w is None or not 0.0 <= float(f_w) <= 1.0:
+                raise ParameterError(
+                    f"The 'f_w' parameter of CriticalityReport.dntk_ratios must be in [0, 1] for the scale-invariant "
+                    f"class. Got {f_w!r} instead."
+                )
+            f = float(f_w)
+            c = self.A_4 / self.A_2**2
+            out = {"P": 0.0, "Q": c * f / 6.0}
+            if self.slopes[0] == self.slopes[1]:
+                out.update({"R": 0.0, "S": f / 12.0, "T": f * f / 12.0, "U": 0.0})
+            return out
+        if self.universality_class == "K*=0":
+            if f_w is not None:
+                raise ParameterError(
+                    "The 'f_w' parameter of CriticalityReport.dntk_ratios applies to the scale-invariant class only; "
+                    "pass lambda_b and lambda_w for the K*=0 class."
+                )
+            if abs(self.p_perp - 1.0) > 1e-9:
+                raise NotImplementedError(
+                    f"dNTK asymptotics of the K*=0 class are derived here only for p_⊥ = 1 (odd σ); "
+                    f"{self.activation.name!r} has p_⊥ = {self.p_perp:.6g} (docs/dntk.md)."
+                )
+            for name, val in (("lambda_b", lambda_b), ("lambda_w", lambda_w)):
+                check_parameter(math.isfinite(val) and val >= 0, name, "CriticalityReport.dntk_ratios", "finite and >= 0", val)
+            theta_star = lambda_b + lambda_w * self.sigma_1**2 / (-self.a_1)
+            if theta_star <= 0:
+                raise ParameterError("lambda_b and lambda_w of CriticalityReport.dntk_ratios must not both be 0.")
+            rho = lambda_b / theta_star
+            return {
+                "P": -1.0 / 12.0,
+                "Q": -rho / 16.0,
+                "R": -(4.0 - rho) / 48.0,
+                "S": (1.0 - rho) / 12.0,
+                "T": rho**2 / 32.0,
+                "U": 0.0,
+            }
+        raise NotImplementedError(
+            f"dNTK asymptotics are implemented for the scale-invariant and K*=0 classes; "
             f"{self.activation.name!r} is in class {self.universality_class!r}."
         )
 

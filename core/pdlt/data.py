@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ParameterError
+from .errors import MissingDependencyError, ParameterError
 
-__all__ = ["default_inputs", "regression_1d", "regression_2d", "load", "DEFAULT_SEED"]
+__all__ = ["default_inputs", "regression_1d", "regression_2d", "diabetes", "load", "DEFAULT_SEED"]
 
 #: Seed of the built-in regression data sets (they are functions of their arguments only).
 DEFAULT_SEED = 20210610
@@ -83,7 +83,9 @@ def _target_2d(x: np.ndarray) -> np.ndarray:
     return np.sin(math.pi * x[:, 0]) * np.cos(0.5 * math.pi * x[:, 1])
 
 
-def _regression(owner, target, dim, n_train, n_test, noise, seed):
+def _regression(owner, target, dim, n_train, n_test, noise, seed, design="random"):
+    if design not in ("random", "grid"):
+        raise ParameterError(f"The 'design' parameter of {owner} must be 'random' or 'grid'. Got {design!r} instead.")
     n_train = _count(n_train, "n_train", owner)
     n_test = _count(n_test, "n_test", owner)
     if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not (math.isfinite(noise) and noise >= 0):
@@ -91,7 +93,10 @@ def _regression(owner, target, dim, n_train, n_test, noise, seed):
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ParameterError(f"The 'seed' parameter of {owner} must be a non-negative integer. Got {seed!r} instead.")
     rng = np.random.default_rng(int(seed))
-    X_train = rng.uniform(-1.0, 1.0, size=(n_train, dim))
+    if design == "grid":  # midpoints of n_train equal cells of [-1, 1]: well separated, never on the zeros ±1
+        X_train = (-1.0 + (2.0 * np.arange(n_train) + 1.0) / n_train)[:, None]
+    else:
+        X_train = rng.uniform(-1.0, 1.0, size=(n_train, dim))
     y_train = target(X_train) + float(noise) * rng.standard_normal(n_train)
     # test inputs on a grid: deterministic and evenly covering the domain
     if dim == 1:
@@ -102,7 +107,8 @@ def _regression(owner, target, dim, n_train, n_test, noise, seed):
     return (_readonly(X_train), _readonly(y_train[:, None]), _readonly(X_test), _readonly(y_test[:, None]))
 
 
-def regression_1d(n_train: int = 10, n_test: int = 50, *, noise: float = 0.0, seed: int = DEFAULT_SEED):
+def regression_1d(n_train: int = 10, n_test: int = 50, *, noise: float = 0.0, seed: int = DEFAULT_SEED,
+                  design: str = "random"):
     """Samples of y = sin(πx) on [−1, 1].
 
     Parameters
@@ -114,11 +120,16 @@ def regression_1d(n_train: int = 10, n_test: int = 50, *, noise: float = 0.0, se
         noiseless).
     seed : int, >= 0
         Seed of the training inputs and the noise; the default makes the set fixed.
+    design : {"random", "grid"}
+        Training inputs uniform at random in [−1, 1], or at the midpoints −1 + (2k + 1)/n_train
+        of equal cells (well separated, so the training-set kernels are well conditioned even
+        for a handful of points — the ``pdlt`` main job uses ``n_train=2, design="grid"``:
+        x = ∓0.5, y = ∓1).
 
     Returns
     -------
     X_train : ndarray (n_train, 1)
-        Uniform in [−1, 1].
+        Uniform in [−1, 1] (or the grid).
     y_train : ndarray (n_train, 1)
     X_test : ndarray (n_test, 1)
         Equally spaced on [−1, 1].
@@ -132,7 +143,7 @@ def regression_1d(n_train: int = 10, n_test: int = 50, *, noise: float = 0.0, se
     >>> X.shape, y.shape, Xt[:, 0].tolist()
     ((4, 1), (4, 1), [-1.0, 0.0, 1.0])
     """
-    return _regression("regression_1d", _target_1d, 1, n_train, n_test, noise, seed)
+    return _regression("regression_1d", _target_1d, 1, n_train, n_test, noise, seed, design)
 
 
 def regression_2d(n_train: int = 20, n_test: int = 50, *, noise: float = 0.0, seed: int = DEFAULT_SEED):
@@ -142,6 +153,71 @@ def regression_2d(n_train: int = 20, n_test: int = 50, *, noise: float = 0.0, se
     inputs are uniform in the square (drawn after the training data from the same seed).
     """
     return _regression("regression_2d", _target_2d, 2, n_train, n_test, noise, seed)
+
+
+def diabetes(n_train: int = 20, n_test: int = 20, *, features: int | None = None, seed: int = DEFAULT_SEED):
+    """A tiny real data set: disease progression of diabetes patients (scikit-learn's ``load_diabetes``).
+
+    442 patients, 10 baseline variables (age, sex, body-mass index, blood pressure, six blood
+    serum measurements) and a quantitative measure of disease progression one year later (Efron,
+    Hastie, Johnstone and Tibshirani, *Least Angle Regression*, Ann. Statist. 32 (2004)).  The
+    data ship with scikit-learn (an optional dependency: ``pip install scikit-learn`` or
+    ``pdlt[sklearn]``), so pdlt does not redistribute them.
+
+    Parameters
+    ----------
+    n_train, n_test : int, >= 1, n_train + n_test <= 442
+        Sizes of the training and test sets, drawn without replacement.
+    features : int or None
+        Keep the first ``features`` of the 10 input variables (None: all).
+    seed : int, >= 0
+        Seed of the split; the default makes it fixed.
+
+    Returns
+    -------
+    X_train : ndarray (n_train, features)
+    y_train : ndarray (n_train, 1)
+    X_test : ndarray (n_test, features)
+    y_test : ndarray (n_test, 1)
+
+    Every input column is standardised to mean 0 and variance 1 over all 442 patients, so that
+    |x|²/n_0 ≈ 1 (the scale the first-layer kernel C_b + C_W x·x/n_0 expects); the target is
+    standardised the same way.  All arrays are float64 and read-only.
+
+    Raises
+    ------
+    MissingDependencyError
+        scikit-learn is not installed.
+    """
+    owner = "diabetes"
+    n_train = _count(n_train, "n_train", owner)
+    n_test = _count(n_test, "n_test", owner)
+    if features is not None:
+        features = _count(features, "features", owner)
+        if features > 10:
+            raise ParameterError(f"The 'features' parameter of diabetes must be at most 10. Got {features!r} instead.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ParameterError(f"The 'seed' parameter of diabetes must be a non-negative integer. Got {seed!r} instead.")
+    try:
+        from sklearn.datasets import load_diabetes
+    except ImportError:
+        raise MissingDependencyError(
+            "pdlt.data.diabetes needs scikit-learn, which ships the data set: pip install scikit-learn "
+            "(or pip install 'pdlt[sklearn]')."
+        ) from None
+    X, y = load_diabetes(return_X_y=True)
+    if n_train + n_test > X.shape[0]:
+        raise ParameterError(
+            f"The 'n_train' and 'n_test' parameters of diabetes must add up to at most {X.shape[0]} patients. "
+            f"Got {n_train} + {n_test} instead."
+        )
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    y = (y - y.mean()) / y.std()
+    if features is not None:
+        X = X[:, :features]
+    idx = np.random.default_rng(int(seed)).permutation(X.shape[0])
+    a, b = idx[:n_train], idx[n_train:n_train + n_test]
+    return _readonly(X[a]), _readonly(y[a, None]), _readonly(X[b]), _readonly(y[b, None])
 
 
 def _load_csv(path: Path) -> np.ndarray:

@@ -33,7 +33,18 @@ from .errors import NumericalError, ParameterError
 from .networks import NetworkParameters, as_inputs, sample_parameters
 from .progress import Progress
 
-__all__ = ["OutputDifferentials", "output_differentials", "per_network_estimates", "DntkStatistics", "sample_dntk", "DNTK_FIELDS"]
+__all__ = [
+    "OutputDifferentials",
+    "output_differentials",
+    "per_network_estimates",
+    "DntkStatistics",
+    "sample_dntk",
+    "DNTK_FIELDS",
+    "gd_step_ntk_change",
+    "GDStepStatistics",
+    "sample_gd_step",
+    "ntk_step_change_theory",
+]
 
 DNTK_FIELDS = ("P", "Q", "R", "S", "T", "U")
 
@@ -512,3 +523,346 @@ def sample_dntk(
         fan_in=fan_in,
         **{name: a.estimate() for name, a in acc.items()},
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# one gradient-descent step: the NTK moves by the dNTK (book §11.1; training.md §3.1, §4.2)
+
+
+def _check_training(X, train, y, n_out: int, owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the training indices into X and the labels; return (train, y) with y (N_A, n_L)."""
+    N = X.shape[0]
+    train = np.arange(N) if train is None else np.asarray(train)
+    if train.ndim != 1 or train.size < 1 or not np.issubdtype(train.dtype, np.integer):
+        raise ParameterError(f"The 'train' parameter of {owner} must be a non-empty 1-D array of indices into X. Got {train!r} instead.")
+    if train.min() < 0 or train.max() >= N or len(np.unique(train)) != train.size:
+        raise ParameterError(
+            f"The 'train' parameter of {owner} must hold distinct indices in [0, {N}). Got {train.tolist()} instead."
+        )
+    y = np.asarray(y, dtype=float)
+    if y.ndim == 1 and n_out == 1:
+        y = y[:, None]
+    if y.shape != (train.size, n_out):
+        raise ParameterError(
+            f"The 'y' parameter of {owner} must have shape (N_A, n_L) = ({train.size}, {n_out}). Got shape {y.shape} instead."
+        )
+    if not np.all(np.isfinite(y)):
+        raise ParameterError(f"The 'y' parameter of {owner} must be finite. Got non-finite entries instead.")
+    return train.astype(int), y
+
+
+def _loss_gradient(net, params: NetworkParameters, X: np.ndarray, train: np.ndarray, y: np.ndarray):
+    """Outputs on X and the gradients ∂L/∂W^(ℓ), ∂L/∂b^(ℓ) of L = ½ Σ_{i, α∈A} (z_{i;α} − y_{i;α})²."""
+    act = net.activation
+    zs, acts = [], [X.T[None]]
+    z = params.weights[0] @ X.T + params.biases[0][:, :, None]
+    zs.append(z)
+    for ell in range(1, params.depth):
+        a = np.asarray(act(z), dtype=float)
+        acts.append(a)
+        z = params.weights[ell] @ a + params.biases[ell][:, :, None]
+        zs.append(z)
+    eps = zs[-1][:, :, train] - y.T[None]  # (S, n_L, N_A)
+    delta = eps
+    gW, gb = [None] * params.depth, [None] * params.depth
+    for ell in range(params.depth - 1, -1, -1):
+        gW[ell] = delta @ np.swapaxes(acts[ell][:, :, train], -1, -2)  # acts[0] = x: broadcast over the ensemble
+        gb[ell] = delta.sum(axis=-1)
+        if ell > 0:
+            d = np.asarray(act.derivative(zs[ell - 1][:, :, train], 1), dtype=float)
+            delta = (np.swapaxes(params.weights[ell], -1, -2) @ delta) * d
+    return zs[-1], gW, gb
+
+
+def _output_ntk(net, params: NetworkParameters, X: np.ndarray) -> np.ndarray:
+    """Exact output NTK Ĥ (S, n_L, n_L, N, N) by backpropagated Jacobians, as stacked matmuls.
+
+    Same quantity as :func:`pdlt.training.output_ntk` (tested); the Jacobians are laid out as
+    (S, N·n_L, n_ℓ) so every contraction is a batched GEMM rather than an einsum.
+    """
+    act = net.activation
+    widths = net.widths
+    lam_b, lam_w = net.lambda_B, net.lambda_W
+    L = params.depth
+    N = X.shape[0]
+    zs, acts = [], [np.broadcast_to(X.T[None], (params.size,) + X.T.shape)]
+    z = params.weights[0] @ X.T + params.biases[0][:, :, None]
+    zs.append(z)
+    for ell in range(1, L):
+        a = np.asarray(act(z), dtype=float)
+        acts.append(a)
+        z = params.weights[ell] @ a + params.biases[ell][:, :, None]
+        zs.append(z)
+    S, nL = params.size, widths[-1]
+    J = np.broadcast_to(np.eye(nL)[None, None], (S, N, nL, nL)).reshape(S, N * nL, nL)  # rows (α, i)
+    H = np.zeros((S, N, nL, N, nL))
+    for ell in range(L - 1, -1, -1):
+        a = acts[ell]
+        metric = lam_b[ell] + (lam_w[ell] / widths[ell]) * (np.swapaxes(a, 1, 2) @ a)  # (S, N, N)
+        JJ = (J @ np.swapaxes(J, 1, 2)).reshape(S, N, nL, N, nL)
+        H += JJ * metric[:, :, None, :, None]
+        if ell > 0:
+            d = np.asarray(act.derivative(zs[ell - 1], 1), dtype=float)  # (S, n_{ℓ}, N)
+            J = (_stacked_matmul(J, params.weights[ell]).reshape(S, N, nL, -1) * np.swapaxes(d, 1, 2)[:, :, None, :]).reshape(S, N * nL, -1)
+    return H.transpose(0, 2, 4, 1, 3)
+
+
+def gd_step_ntk_change(net, params: NetworkParameters, X, y, train=None, *, etas) -> tuple[np.ndarray, np.ndarray]:
+    """Exact change of the output NTK after one full-batch gradient-descent step, per network.
+
+    Parameters
+    ----------
+    net : Architecture (MLP)
+        Widths, activation (σ' an ordinary function) and the per-layer λ_b, λ_W of the
+        learning-rate tensor.
+    params : NetworkParameters
+        The ensemble at initialization (not modified).
+    X : array_like (N, n_0)
+        The samples D on which the NTK is evaluated.
+    y : array_like (N_A, n_L)
+        Labels of the training samples.
+    train : array_like of int, optional
+        Indices into X of the training set A (default: every sample).
+    etas : sequence of float
+        Global learning rates η (any sign; −η is used for symmetric differences).
+
+    Returns
+    -------
+    H : ndarray (size, n_L, n_L, N, N)
+        Ĥ_{i1i2;δ1δ2} at initialization.
+    dH : ndarray (len(etas), size, n_L, n_L, N, N)
+        Ĥ(θ + Δθ) − Ĥ(θ) with Δθ_μ = −η λ_μ ∂L/∂θ_μ, L = ½ Σ_{i, α∈A} (z_{i;α} − y_{i;α})².
+
+    Notes
+    -----
+    The step is taken exactly (no linearisation): biases move by −η λ_b^(ℓ) ∂L/∂b, weights by
+    −η (λ_W^(ℓ)/n_{ℓ−1}) ∂L/∂W (training.md §0), and the NTK is recomputed at the new
+    parameters by backpropagated Jacobians (the quantity of :func:`pdlt.training.output_ntk`).  Since Δθ is
+    linear in η, ΔĤ(η) = η c_1 + η² c_2 + … per network with
+    c_1 = −Σ_a (dĤ_{IJa} + dĤ_{JIa}) ε_a (book §11.1) and
+    c_2 = ½ Σ_{ab} (ddĤ^I_{IJab} + ddĤ^I_{JIab} + 2 ddĤ^II_{IJab}) ε_a ε_b (book §∞.1).
+    """
+    widths = net.widths
+    X = as_inputs(X, widths[0], "gd_step_ntk_change")
+    train, y = _check_training(X, train, y, widths[-1], "gd_step_ntk_change")
+    etas = np.atleast_1d(np.asarray(etas, dtype=float))
+    if etas.ndim != 1 or not np.all(np.isfinite(etas)):
+        raise ParameterError(f"The 'etas' parameter of gd_step_ntk_change must be a 1-D sequence of finite floats. Got {etas!r} instead.")
+    _, gW, gb = _loss_gradient(net, params, X, train, y)
+    H0 = _output_ntk(net, params, X)
+    lam_b, lam_w = net.lambda_B, net.lambda_W
+    out = np.empty((etas.size,) + H0.shape)
+    for k, eta in enumerate(etas):
+        moved = NetworkParameters(
+            weights=[W - (eta * lam_w[ell] / widths[ell]) * gW[ell] for ell, W in enumerate(params.weights)],
+            biases=[b - (eta * lam_b[ell]) * gb[ell] for ell, b in enumerate(params.biases)],
+        )
+        out[k] = _output_ntk(net, moved, X) - H0
+    return H0, out
+
+
+@attrs.frozen(kw_only=True)
+class GDStepStatistics:
+    """Ensemble estimates of the NTK change after one GD step (from :func:`sample_gd_step`).
+
+    All estimates are n_{L−1} × (ensemble mean), shape (n_L, n_L, N, N), indices [i1, i2, δ1, δ2].
+
+    Attributes
+    ----------
+    first : Estimate
+        Coefficient of η: n E[c_1], by the fourth-order symmetric difference
+        [8(ΔĤ(η) − ΔĤ(−η)) − (ΔĤ(2η) − ΔĤ(−2η))]/(12η) (remainder O(η⁴)).
+    second : Estimate
+        Coefficient of η²: n E[c_2], by [4 E(η)/η² − E(2η)/(4η²)]/3 with E(h) = (ΔĤ(h) + ΔĤ(−h))/2
+        (Richardson on the even part, remainder O(η⁴)).
+    first_remainder, second_remainder : Estimate
+        n E[·] of (plain symmetric-difference estimate − the fourth-order one): the O(η²) part that
+        the plain estimates (ΔĤ(η) − ΔĤ(−η))/(2η) and E(η)/η² would carry.
+    step : Estimate
+        n E[ΔĤ(η)]/η: what a single forward step at η gives, = first + η·second + O(η²).
+    eta : float
+    widths, size, seed, fan_in, train, y, X
+    """
+
+    widths: tuple[int, ...] = attrs.field(converter=lambda w: tuple(int(v) for v in w))
+    size: int
+    seed: int
+    eta: float
+    fan_in: int
+    X: np.ndarray = attrs.field(converter=_readonly, eq=attrs.cmp_using(eq=_array_eq))
+    train: tuple[int, ...] = attrs.field(converter=lambda t: tuple(int(v) for v in t))
+    y: np.ndarray = attrs.field(converter=_readonly, eq=attrs.cmp_using(eq=_array_eq))
+    first: Estimate
+    second: Estimate
+    first_remainder: Estimate
+    second_remainder: Estimate
+    step: Estimate
+
+
+def sample_gd_step(
+    net,
+    X,
+    y,
+    train=None,
+    *,
+    eta: float,
+    size: int,
+    seed: int = 0,
+    antithetic: bool = True,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+    max_memory_mb: float = 256,
+) -> GDStepStatistics:
+    """Mean change of the NTK of ``size`` real networks after one gradient-descent step.
+
+    Parameters
+    ----------
+    net : Architecture (MLP)
+    X : array_like (N, n_0)
+        Samples D on which Ĥ is evaluated.
+    y : array_like (N_A, n_L)
+        Training labels.
+    train : array_like of int, optional
+        Indices into X of the training samples (default: all).
+    eta : float > 0
+        Global learning rate of the step; each network is also stepped at −η, ±2η to separate
+        the orders in η.
+    antithetic : bool
+        Pair every network with its copy whose last layer (W^(L), b^(L)) is negated and average
+        the pair (an equally likely network): the label terms Σ dĤ y and Σ ddĤ z y, whose mean is
+        zero, then cancel exactly instead of adding variance.  Costs twice the NTK evaluations.
+    size, seed, chunk_size, progress, max_memory_mb
+        As in :func:`sample_dntk` (same chunk seeding).
+
+    Returns
+    -------
+    GDStepStatistics
+
+    Notes
+    -----
+    Book §11.1 and §∞.1; derivation in docs/dntk.md ("One gradient-descent step").  Per network
+    ΔĤ(η) = η c_1 + η² c_2 + O(η³) exactly; c_1, c_2 are extracted by symmetric differences and
+    Richardson extrapolation, so the estimates are those of the η-coefficients and can be compared
+    with :func:`ntk_step_change_theory` without any small-η bias beyond O(η⁴).
+    """
+    X, size, seed = _check_common(net, X, size, seed, chunk_size, max_memory_mb, "sample_gd_step")
+    widths = net.widths
+    train, y = _check_training(X, train, y, widths[-1], "sample_gd_step")
+    check = isinstance(eta, (int, float, np.floating)) and not isinstance(eta, bool) and np.isfinite(eta) and eta > 0
+    if not check:
+        raise ParameterError(f"The 'eta' parameter of sample_gd_step must be a finite float > 0. Got {eta!r} instead.")
+    if len(widths) < 3:
+        raise ParameterError(f"The 'net' parameter of sample_gd_step must have depth L >= 2. Got widths {widths} instead.")
+    _derivatives(net.activation, np.zeros(1), 2)  # a.e. derivatives of kinked σ miss the δ terms
+    eta = float(eta)
+    N, nL = X.shape[0], widths[-1]
+    per_net = 8 * (int(sum(a * b + a for a, b in zip(widths[1:], widths[:-1]))) * 3 + 12 * nL * nL * N * N
+                   + 4 * int(sum(widths[1:])) * N * (nL + 2))
+    plan = _chunk_plan(size, per_net, chunk_size, max_memory_mb)
+    seeds = np.random.SeedSequence(seed).spawn(len(plan))
+    acc = {k: _PooledMoments() for k in ("first", "second", "first_remainder", "second_remainder", "step")}
+    fan_in = widths[-2]
+    etas = np.array([eta, -eta, 2 * eta, -2 * eta])
+    with Progress(size, label="gd step", unit="networks", enabled=progress) as bar:
+        for m, ss in zip(plan, seeds):
+            params = sample_parameters(net, m, np.random.default_rng(ss))
+            _, d = gd_step_ntk_change(net, params, X, y, train, etas=etas)
+            if antithetic:
+                # the network with its last layer negated is equally likely (z → −z, dĤ → −dĤ,
+                # ddĤ → ddĤ): averaging the pair cancels the zero-mean label cross terms exactly
+                flipped = NetworkParameters(weights=params.weights[:-1] + (-params.weights[-1],),
+                                            biases=params.biases[:-1] + (-params.biases[-1],))
+                d = 0.5 * (d + gd_step_ntk_change(net, flipped, X, y, train, etas=etas)[1])
+            odd1, odd2 = (d[0] - d[1]) / (2 * eta), (d[2] - d[3]) / (4 * eta)
+            even1, even2 = (d[0] + d[1]) / (2 * eta**2), (d[2] + d[3]) / (8 * eta**2)
+            first = (4 * odd1 - odd2) / 3
+            second = (4 * even1 - even2) / 3
+            acc["first"].add(fan_in * first)
+            acc["second"].add(fan_in * second)
+            acc["first_remainder"].add(fan_in * (odd1 - first))
+            acc["second_remainder"].add(fan_in * (even1 - second))
+            acc["step"].add(fan_in * d[0] / eta)
+            bar.update(m)
+    return GDStepStatistics(
+        widths=widths, size=size, seed=seed, eta=eta, fan_in=fan_in, X=X, train=train, y=y,
+        **{k: a.estimate() for k, a in acc.items()},
+    )
+
+
+def _contract_pair(X1: np.ndarray, X2: np.ndarray, X3: np.ndarray, A: np.ndarray, K: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """n E[Σ_{b,c∈A} D_{IJbc} ε_b ε_c] for a rank-4 object D whose mean has the Wick structure
+    (1/n)[δ_{IJ}δ_{bc} X1[δ_I,δ_J,β,γ] + δ_{Ib}δ_{Jc} X2[δ_I,β,γ,δ_J] + δ_{Ic}δ_{Jb} X3[δ_I,γ,δ_J,β]]
+    (neural δ's), with E[ε_{k;β} ε_{k';γ}] = δ_{kk'}K_{βγ} + y_{k;β}y_{k';γ}.  Returns [i1, i2, δ1, δ2]."""
+    nL = y.shape[1]
+    KA = K[np.ix_(A, A)]
+    Y = y @ y.T  # Σ_k y_{k;β} y_{k;γ}
+    X1A, X2A, X3A = X1[:, :, A][:, :, :, A], X2[:, A][:, :, A], X3[:, :, :, A][:, A]
+    diag = (np.einsum("abcd,cd->ab", X1A, nL * KA + Y) + np.einsum("acdb,cd->ab", X2A, KA)
+            + np.einsum("adbc,cd->ab", X3A, KA))
+    out = np.eye(nL)[:, :, None, None] * diag[None, None]
+    out = out + np.einsum("acdb,ci,dj->ijab", X2A, y, y) + np.einsum("adbc,cj,di->ijab", X3A, y, y)
+    return out
+
+
+def ntk_step_change_theory(stats, y, train=None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted mean NTK change per GD step at leading order in 1/n: coefficients of η and η².
+
+    Parameters
+    ----------
+    stats : Statistics
+        Output-layer statistics on the samples D with the dNTK fields (``pdlt.flow(net, X,
+        order="dntk")[-1]``): K, P, Q, R, S, T, U of shape (N, N, N, N).
+    y : array_like (N_A, n_L)
+        Training labels.
+    train : array_like of int, optional
+        Indices into D of the training samples (default: all).
+
+    Returns
+    -------
+    first, second : ndarray (n_L, n_L, N, N)
+        E[ΔĤ_{i1i2;δ1δ2}] = (η/n)·first + (η²/n)·second + O(η³) + O(1/n²), n = n_{L−1}.
+
+    Notes
+    -----
+    One step Δθ_μ = −ηλ_μ Σ_a ε_a ∂_μz_a changes the NTK by (book §11.1, §∞.1; training.md §4.2)
+    ΔĤ_{IJ} = −η Σ_a (dĤ_{IJa} + dĤ_{JIa}) ε_a + (η²/2) Σ_{ab} (ddĤ^I_{IJab} + ddĤ^I_{JIab} + 2ddĤ^II_{IJab}) ε_aε_b.
+    E[dĤ] = E[ddĤ z] = 0 (last-layer sign flip), so the labels drop out of the first order and
+
+        first_{i1i2;δ1δ2} = −δ_{i1i2} Σ_{α∈A} [P_{δ1δ2αα} + P_{δ2δ1αα} + n_L (Q_{δ1δ2αα} + Q_{δ2δ1αα})
+                                              + Q_{δ1αδ2α} + Q_{δ2αδ1α}],
+
+    while the second order uses E[ddĤ ε_a ε_b] = E[ddĤ](δ K_ab + y_a y_b) + O(1/n²), with the
+    index structures of R (ddĤ^I) and S, T, U (ddĤ^II) from training.md §0:
+    second = ½[𝒢_R(I,J) + 𝒢_R(J,I)] + ½[𝒢_STU(I,J) + 𝒢_STU(J,I)] (docs/dntk.md).
+    """
+    fields = ("K", "P", "Q", "R", "S", "T", "U")
+    arrs = {}
+    for name in fields:
+        v = getattr(stats, name, None)
+        if v is None:
+            raise ParameterError(
+                f"The 'stats' parameter of ntk_step_change_theory must carry {name}; use pdlt.flow(net, X, order='dntk'). "
+                f"Got {name} = None instead."
+            )
+        arrs[name] = np.asarray(v, dtype=float)
+    N = arrs["K"].shape[0]
+    train, y = _check_training(np.zeros((N, 1)), train, y, np.asarray(y).shape[-1] if np.ndim(y) == 2 else 1, "ntk_step_change_theory")
+    A = train
+    nL = y.shape[1]
+    P, Q = arrs["P"][:, :, A][..., A], arrs["Q"]
+    Pd = np.einsum("abcc->ab", P)
+    Qd = np.einsum("abcc->ab", Q[:, :, A][..., A])
+    Qx = np.einsum("acbc->ab", Q[:, A][:, :, :, A])
+    core = Pd + nL * Qd + Qx
+    first = -np.eye(nL)[:, :, None, None] * (core + core.T)[None, None]
+    K, R, S, T, U = arrs["K"], arrs["R"], arrs["S"], arrs["T"], arrs["U"]
+    gR = _contract_pair(R, R, R, A, K, y)
+    gS = _contract_pair(S, T, U, A, K, y)
+    sym = lambda g: 0.5 * (g + g.transpose(1, 0, 3, 2))  # noqa: E731  (I ↔ J)
+    second = sym(gR) + sym(gS)
+    if not (np.all(np.isfinite(first)) and np.all(np.isfinite(second))):
+        raise NumericalError(
+            "ntk_step_change_theory met undefined (NaN) dNTK/ddNTK components (kinked activation at coinciding samples, "
+            "docs/dntk.md); the prediction is defined only for smooth activations or non-coinciding samples."
+        )
+    return first, second

@@ -33,6 +33,10 @@ TENSOR_FIELDS = ("K", "Theta", "V", "G1", "H1", "A", "B", "D", "F", "P", "Q", "R
 def _readonly(x):
     if x is None:
         return None
+    if isinstance(x, np.ndarray) and x.dtype == np.float64 and x.flags.owndata and not x.flags.writeable:
+        # already frozen and owning its data (the layer maps hand over fresh arrays like this):
+        # shared rather than copied, which saves an N×N or N⁴ copy per field and layer
+        return x
     a = np.array(x, dtype=float)
     a.setflags(write=False)
     return a
@@ -155,12 +159,21 @@ class Flow(Sequence):
         return np.stack([getattr(s, name) for s in self.layers])
 
     def to_npz(self, path) -> None:
-        """Save without pickle: arrays in an .npz, metadata as a JSON string."""
+        """Save without pickle: arrays in an .npz, metadata as a JSON string.
+
+        Every array field of each layer's statistics is stored, including those of
+        :class:`Statistics` subclasses (e.g. the residual three-point tensors Ω, Π, Φ); the
+        class is recorded by module and qualified name so that :meth:`from_npz` rebuilds it.
+        """
         arrays = {}
         meta = {"layers": []}
         for s in self.layers:
-            meta["layers"].append({"layer": s.layer, "width": s.width, "fan_in": s.fan_in, "quadrature_error": s.quadrature_error})
-            for name in TENSOR_FIELDS:
+            cls = type(s)
+            entry = {"layer": s.layer, "width": s.width, "fan_in": s.fan_in, "quadrature_error": s.quadrature_error}
+            if cls is not Statistics:
+                entry["class"] = f"{cls.__module__}:{cls.__qualname__}"
+            meta["layers"].append(entry)
+            for name in _array_fields(cls):
                 x = getattr(s, name)
                 if x is not None:
                     arrays[f"{s.layer}/{name}"] = x
@@ -170,14 +183,61 @@ class Flow(Sequence):
 
     @classmethod
     def from_npz(cls, path) -> "Flow":
+        """Load a flow written by :meth:`to_npz` (network not stored: ``network`` is None).
+
+        Raises
+        ------
+        ParameterError
+            The file records a Statistics subclass that cannot be found (import its module first).
+        """
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["__meta__"]))
             layers = []
             for m in meta["layers"]:
-                fields = {name: data[f"{m['layer']}/{name}"] for name in TENSOR_FIELDS if f"{m['layer']}/{name}" in data}
-                layers.append(Statistics(**m, **fields))
+                m = dict(m)
+                scls = _statistics_class(m.pop("class", None), path)
+                fields = {name: data[f"{m['layer']}/{name}"] for name in _array_fields(scls) if f"{m['layer']}/{name}" in data}
+                layers.append(scls(**m, **fields))
             X = data["X"] if "X" in data else None
         return cls(tuple(layers), None, X)
+
+
+def _array_fields(cls) -> tuple[str, ...]:
+    """The array-valued fields of a Statistics class: TENSOR_FIELDS plus those a subclass adds."""
+    base = {"layer", "width", "fan_in", "quadrature_error"}
+    extra = tuple(f.name for f in attrs.fields(cls) if f.name not in base and f.name not in TENSOR_FIELDS)
+    return TENSOR_FIELDS + extra
+
+
+def _statistics_class(spec, path) -> type:
+    """Resolve a ``module:qualname`` recorded by :meth:`Flow.to_npz` to a Statistics subclass."""
+    if spec is None:
+        return Statistics
+    module, _, qualname = str(spec).partition(":")
+
+    def find():
+        todo = [Statistics]
+        while todo:
+            c = todo.pop()
+            if c.__module__ == module and c.__qualname__ == qualname:
+                return c
+            todo.extend(c.__subclasses__())
+        return None
+
+    found = find()
+    if found is None:
+        # the class may live in a plugin that is not imported yet: loading the registered plugins
+        # (never an arbitrary module named by the file) defines their Statistics subclasses
+        from .plugins import default_manager
+
+        default_manager()
+        found = find()
+    if found is None:
+        raise ParameterError(
+            f"The 'path' parameter of Flow.from_npz names a file whose statistics class {spec!r} is not a loaded "
+            f"subclass of pdlt.Statistics defined by a registered plugin. Import the module that defines it first. Got path {str(path)!r}."
+        )
+    return found
 
 
 def validate_inputs(X, input_dim: int | None = None, name: str = "X", owner: str = "flow") -> np.ndarray:

@@ -220,6 +220,14 @@ def _closed_form(activation: Activation, orders: tuple[int, ...], K: np.ndarray)
     return gaussian_hook()(activation=activation, orders=tuple(orders), K=K)
 
 
+def _closed_pair_matrices(activation: Activation, orders, K: np.ndarray):
+    """The plugins' closed forms of ⟨σ^(d1)_a σ^(d2)_b⟩ over every pair of a validated N×N
+    kernel, one (N, N) matrix per (d1, d2) in ``orders`` (exact: no error estimate), or None."""
+    from .plugins import default_manager
+
+    return default_manager().hook.pdlt_gaussian_pair_matrices(activation=activation, orders=tuple(orders), K=K)
+
+
 def _evaluate(activation, orders, K, insert, *, method="auto", rule=None, estimate_error=True):
     """:func:`expect` on blocks that are already validated (e.g. taken from a kernel known to be
     PSD): closed form if a plugin has one, else quadrature.  Returns (values, errors) or None."""
@@ -542,7 +550,14 @@ def _nested(activation, integrands, L, Kinv, nodes, feats, centers, max_nodes):
     n_inner = 0 if centers is None else len(centers[0]) * len(_INNER_OFFSETS) * (m - 1)
     n_panels = len(feats) + 1 + n_inner
     per_dim = n_panels * nodes
-    chunk = max(1, int(max_nodes // per_dim**m))
+    # The innermost level integrates σ^(d)(μ + s u) over u for every outer node: in closed form
+    # for scale-invariant σ; for other σ in 3–4 dimensions from a table of that 1-D integral
+    # over μ (same rule), interpolated; either way the grid loses a dimension.
+    separable_only = not any(any(e) for _, e in integrands)
+    exact = m >= 2 and separable_only and activation.scale_invariant_slopes is not None
+    tabulate = m >= _TABULATE_MIN_DIM and separable_only and not exact
+    levels = m - 1 if (exact or tabulate) else m
+    chunk = max(1, int(max_nodes // (per_dim**levels * (8 if levels < m else 1))))
     out = np.empty((len(integrands), B))
     for start in range(0, B, chunk):
         sl = slice(start, min(B, start + chunk))
@@ -553,7 +568,7 @@ def _nested(activation, integrands, L, Kinv, nodes, feats, centers, max_nodes):
         us: list[np.ndarray] = []
         wus: list[np.ndarray] = []
         zs: list[np.ndarray] = []
-        for i in range(m):
+        for i in range(levels):
             shape_outer = (b,) + (per_dim,) * i
             mu = np.zeros(shape_outer)
             for j in range(i):
@@ -593,9 +608,18 @@ def _nested(activation, integrands, L, Kinv, nodes, feats, centers, max_nodes):
             us = [uj[..., None] for uj in us] + [u]
             wus.append(wu.reshape(shape_outer + (per_dim,)))
             zs.append(mu[..., None] + s[..., None] * u)
+        inner = None
+        if levels < m:
+            mu = sum(Lc[:, m - 1, j].reshape((b,) + (1,) * levels) * us[j] for j in range(levels))
+            s_in = Lc[:, m - 1, m - 1].reshape((b,) + (1,) * levels)
+            factor_sets = sorted({f[m - 1] for f, _ in integrands})
+            if exact:
+                inner = _scale_invariant_level(activation, factor_sets, mu, s_in)
+            else:
+                inner = _tabulated_level(activation, factor_sets, mu, Lc[:, m - 1, m - 1], feats, x, w)
         separable = [p for p, (_, e) in enumerate(integrands) if not any(e)]
         if separable:
-            sums = _separable_sums(activation, [integrands[p][0] for p in separable], wus, zs)
+            sums = _separable_sums(activation, [integrands[p][0] for p in separable], wus, zs, inner)
             out[separable, sl] = sums
         for p, (factors, e) in enumerate(integrands):
             if any(e):
@@ -603,12 +627,101 @@ def _nested(activation, integrands, L, Kinv, nodes, feats, centers, max_nodes):
     return out
 
 
-def _separable_sums(activation, factor_sets, wus, zs) -> np.ndarray:
+#: Smallest number of distinct variables whose innermost level is tabulated (below, the table
+#: would cost as much as the level itself).
+_TABULATE_MIN_DIM = 3
+#: Tabulated innermost level: Lagrange interpolation order and table spacing (in units of the
+#: activation's feature width); the interpolation error, ~(spacing/width)^order, is < 1e-9.
+_TABLE_ORDER = 8
+_TABLE_STEP = 0.04
+
+
+def _level_rule(mu, s, feats, x, w):
+    """Nodes u and weights of one level's composite Gauss–Legendre rule for z = μ + s u, with the
+    panels broken where z crosses σ's feature points; shapes mu.shape + (panels · nodes,)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = (feats - mu[..., None]) / s[..., None]
+    n_c = c.shape[-1]
+    fallback = np.linspace(-5.5, 5.5, n_c) if n_c > 1 else np.zeros(1)
+    with np.errstate(invalid="ignore"):
+        inside = np.isfinite(c) & (np.abs(c) < _T)
+    c = np.where(inside, c, fallback)
+    edges = np.concatenate([np.full(mu.shape + (1,), -_T), np.sort(c, axis=-1), np.full(mu.shape + (1,), _T)], axis=-1)
+    lo, hi = edges[..., :-1], edges[..., 1:]
+    half = 0.5 * (hi - lo)
+    u = (lo + half)[..., None] + half[..., None] * x
+    wu = half[..., None] * w * np.exp(-0.5 * u * u) * _INV_SQRT_2PI
+    return u.reshape(mu.shape + (-1,)), wu.reshape(mu.shape + (-1,))
+
+
+def _tabulated_level(activation, factor_sets, mu, s, feats, x, w) -> dict[tuple[int, ...], np.ndarray]:
+    """h_f(μ) = E[Π_{d ∈ f} σ^(d)(μ + s u)] at every μ of ``mu`` (b, …), s (b,) per block.
+
+    The innermost level of a nested integral depends on the outer nodes only through the scalar
+    μ = Σ_j L_mj u_j, so h_f is computed once per block on a uniform table of μ over the range
+    the outer nodes reach (with the same Gauss–Legendre rule the level would use, panels broken
+    at σ's features) and interpolated by Lagrange polynomials of order ``_TABLE_ORDER`` on the
+    nearest table points: (n^{m−1} + table) evaluations of σ per block instead of n^m.
+    """
+    b = mu.shape[0]
+    flat = mu.reshape(b, -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    width = float(getattr(activation, "feature_width", 1.0))
+    span = np.maximum(hi - lo, 1e-12 * np.maximum(np.abs(lo), 1.0))
+    p = _TABLE_ORDER
+    G = int(min(max(np.ceil(span.max() / (_TABLE_STEP * width)) + 1, 4 * p), 8192))
+    step = span / (G - 1)
+    grid = lo[:, None] + step[:, None] * np.arange(G)  # (b, G)
+    u, wu = _level_rule(grid, np.broadcast_to(s[:, None], grid.shape), feats, x, w)
+    z = grid[..., None] + s[:, None, None] * u
+    cache: dict[int, np.ndarray] = {}
+    tables = {}
+    for f in factor_sets:
+        g = wu
+        for d in f:
+            if d not in cache:
+                cache[d] = _derivative(activation, z, d)
+            g = g * cache[d]
+        tables[f] = g.sum(axis=-1)  # (b, G)
+    # Lagrange weights on the p table points i0 … i0+p−1 around each μ: with x the position
+    # among them, w_j = Π_{k<j}(x − k) Π_{k>j}(x − k) / Π_{k≠j}(j − k) (prefix and suffix
+    # products, no division by x − j)
+    t = (flat - lo[:, None]) / step[:, None]
+    i0 = np.clip(np.floor(t).astype(np.int64) - (p // 2 - 1), 0, G - p)
+    diff = [t - i0 - j for j in range(p)]  # x − j, each (b, M)
+    left = [np.ones_like(t)]
+    for j in range(1, p):
+        left.append(left[-1] * diff[j - 1])
+    right = np.ones_like(t)
+    weights = [None] * p
+    for j in range(p - 1, -1, -1):
+        weights[j] = left[j] * right * _lagrange_denominators(p)[j]
+        right = right * diff[j]
+    base = i0 + (np.arange(b) * G)[:, None]  # into the flattened tables
+    out = {}
+    for f, T in tables.items():
+        flat_T = T.ravel()
+        acc = np.zeros_like(t)
+        for j in range(p):
+            acc += weights[j] * np.take(flat_T, base + j)
+        out[f] = acc.reshape(mu.shape)
+    return out
+
+
+@lru_cache(maxsize=8)
+def _lagrange_denominators(p: int) -> np.ndarray:
+    """1 / Π_{k≠j}(j − k) for the Lagrange basis on the points 0 … p−1."""
+    return np.array([1.0 / math.prod(j - k for k in range(p) if k != j) for j in range(p)])
+
+
+def _separable_sums(activation, factor_sets, wus, zs, inner=None) -> np.ndarray:
     """Σ over the grid of Π_v wu_v Π_{d ∈ factors[v]} σ^(d)(z_v) for several factor sets, (P, b).
 
     The weight and integrand are products over levels, each level depending only on its own and
     the outer nodes, so the grid sum is done innermost level first; inner partial sums shared by
-    several factor sets (the same factors on the inner variables) are computed once.
+    several factor sets (the same factors on the inner variables) are computed once.  ``inner``,
+    when given, holds the innermost level's integrals in closed form, keyed by that level's
+    factors (the grid then has one level less).
     """
     m = len(zs)
     cache: dict[tuple[int, int], np.ndarray] = {}
@@ -619,6 +732,8 @@ def _separable_sums(activation, factor_sets, wus, zs) -> np.ndarray:
         return cache[v, d]
 
     partial: dict[tuple, np.ndarray | float] = {(): 1.0}
+    if inner is not None:
+        partial = {(f,): v for f, v in inner.items()}
     for v in reversed(range(m)):
         level: dict[tuple, np.ndarray] = {}
         for factors in factor_sets:
@@ -631,6 +746,51 @@ def _separable_sums(activation, factor_sets, wus, zs) -> np.ndarray:
             level[key] = g.sum(axis=-1)
         partial = level
     return np.stack([partial[tuple(f)] for f in factor_sets])
+
+
+def _scale_invariant_level(activation, factor_sets, mu, s) -> dict[tuple[int, ...], np.ndarray]:
+    """E[Π_{d ∈ factors} σ^(d)(μ + s u)], u ~ N(0, 1), for σ = a₊ z Θ(z) + a₋ z Θ(−z) (orders ≤ 1),
+    for each factor tuple of ``factor_sets``; {factors: array of the broadcast shape of μ, s}.
+
+    The product is z^q [a₊^k Θ(z) + a₋^k Θ(−z)] (q factors σ, k in all), so the integral is a
+    sum of truncated Gaussian moments M_j(c) = E[u^j; u > c] = c^{j−1} φ(c) + (j − 1) M_{j−2}(c):
+    E[z^q; z > 0] = Σ_j C(q, j) μ^{q−j} s^j M_j(−μ/s) and E[z^q; z < 0] likewise with s → −s,
+    c → μ/s.  A degenerate level (s = 0, z = μ) is the product of σ^(d)(μ) itself.
+    Replaces the innermost quadrature level of :func:`_nested` exactly (a Gauss–Legendre rule
+    split at the kink is exact there too, up to the |u| ≤ 8.5 truncation, at n× the cost).
+    """
+    from scipy import special
+
+    ap, am = (float(a) for a in activation.scale_invariant_slopes)
+    mu, s = np.broadcast_arrays(mu, s)
+    degenerate = s <= 0
+    s_safe = np.where(degenerate, 1.0, s)
+    t = mu / s_safe
+    phi = np.exp(-0.5 * t * t) * _INV_SQRT_2PI
+    qmax = max(sum(1 for d in f if d == 0) for f in factor_sets)
+    # E[z^q; ±z > 0] for q = 0..qmax, shared by every factor set
+    halves = []
+    for sign in (1.0, -1.0):
+        c = -sign * t
+        moments = [special.ndtr(-c), phi]
+        for j in range(2, qmax + 1):
+            moments.append(c ** (j - 1) * phi + (j - 1) * moments[j - 2])
+        ss = sign * s_safe
+        halves.append([sum(math.comb(q, j) * mu ** (q - j) * ss**j * moments[j] for j in range(q + 1)) for q in range(qmax + 1)])
+    out = {}
+    for f in factor_sets:
+        k, q = len(f), sum(1 for d in f if d == 0)
+        total = np.zeros(mu.shape)
+        for a, half in zip((ap, am), halves):
+            if a != 0.0:
+                total = total + a**k * half[q]
+        if degenerate.any():
+            direct = np.ones(mu.shape)
+            for d in f:
+                direct = direct * _derivative(activation, mu, d)
+            total = np.where(degenerate, direct, total)
+        out[tuple(f)] = total
+    return out
 
 
 def _full_grid_sum(activation, factors, e, wus, zs, Kinv) -> np.ndarray:

@@ -63,3 +63,31 @@ def pdlt_gaussian_expectation(activation: Any, orders: tuple[int, ...], K: "np.n
         ``None`` when this implementation has no closed form for the request.
         Stops at first non-None result.
     """
+
+
+@hookspec(firstresult=True)
+def pdlt_gaussian_pair_matrices(activation: Any, orders: tuple[tuple[int, int], ...], K: "np.ndarray") -> Any:
+    """Closed forms of ⟨σ^(d1)(z_a) σ^(d2)(z_b)⟩_K for every pair (a, b) of one N×N kernel.
+
+    The leading-order layer map (K and Θ, book §4.3, §8.3.1) needs these matrices over all
+    N² pairs of inputs; answering them from the kernel directly (each pair's 2×2 block is
+    implicit, and shared intermediates such as the arc-cosine angle serve every requested
+    pattern) avoids gathering N² blocks for :func:`pdlt_gaussian_expectation`.
+
+    Parameters
+    ----------
+    activation : Activation
+        The activation σ (the same in both slots).
+    orders : tuple of (int, int)
+        The derivative orders (d1, d2) of each requested matrix.
+    K : ndarray, shape (N, N)
+        Symmetric positive semi-definite kernel over N inputs (validated by the caller); inputs
+        a, b with K_aa + K_bb − 2K_ab = 0 coincide (z_a = z_b).
+
+    Returns
+    -------
+    list of ndarray, shape (N, N), or None
+        One matrix per entry of ``orders``, exact up to rounding (no error estimate); ``None``
+        when this implementation lacks a closed form for any requested pattern.
+        Stops at first non-None result.
+    """

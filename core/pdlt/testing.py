@@ -23,7 +23,16 @@ import numpy as np
 from .activation import MAX_DERIVATIVE_ORDER, Activation
 from .errors import ParameterError
 
-__all__ = ["check_activation", "activations", "covariance_blocks", "input_batches"]
+__all__ = [
+    "check_activation",
+    "check_architecture",
+    "check_learning_algorithm",
+    "check_observable",
+    "reference_problem",
+    "activations",
+    "covariance_blocks",
+    "input_batches",
+]
 
 # Eighth-order central stencil for f'(x): Σ_j c_j [f(x + j h) − f(x − j h)] / h, j = 1..4.
 _FD_COEFFS = np.array([4 / 5, -1 / 5, 4 / 105, -1 / 280])
@@ -279,6 +288,340 @@ def check_activation(
         _check_bad_params(activation, bad_params)
     if check_expectations:
         _check_expectations(activation)
+
+
+# --------------------------------------------------------------------------- shared helpers
+def _check_plugin_class(obj, kind: str, base: type, who: str) -> None:
+    if not isinstance(obj, base):
+        raise AssertionError(f"{who}: {obj!r} is not an instance of pdlt.{base.__name__}")
+    name = type(obj).name
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise AssertionError(f"{who}: the class attribute 'name' must be a non-empty lowercase string, got {name!r}")
+    if not attrs.has(type(obj)):
+        raise AssertionError(f"{who}: {kind} classes must be attrs classes (use @attrs.frozen(kw_only=True))")
+    try:
+        clone = pickle.loads(pickle.dumps(obj))
+    except Exception as exc:
+        raise AssertionError(f"{who}: pickle round-trip failed: {type(exc).__name__}: {exc}") from exc
+    if clone != obj:
+        raise AssertionError(f"{who}: pickle round-trip gave {clone!r}, which is not equal")
+    if attrs.evolve(obj) != obj:
+        raise AssertionError(f"{who}: attrs.evolve without changes gave an unequal object")
+    fields = attrs.fields(type(obj))
+    if fields:
+        try:
+            setattr(obj, fields[0].name, getattr(obj, fields[0].name))
+        except attrs.exceptions.FrozenInstanceError:
+            pass
+        else:
+            raise AssertionError(f"{who}: instances must be frozen")
+
+
+def _symmetric_psd(M: np.ndarray, what: str, who: str) -> None:
+    M = np.asarray(M, dtype=float)
+    scale = max(float(np.abs(M).max(initial=0.0)), 1e-300)
+    if not np.allclose(M, M.T, rtol=1e-10, atol=1e-12 * scale):
+        raise AssertionError(f"{who}: {what} is not symmetric: {M.tolist()}")
+    low = float(np.linalg.eigvalsh(0.5 * (M + M.T))[0])
+    if low < -1e-9 * scale:
+        raise AssertionError(f"{who}: {what} is not positive semi-definite (smallest eigenvalue {low:.3g})")
+
+
+def reference_problem(kind: str = "statistics"):
+    """The small fixed problem the conformance checks evaluate plugins on.
+
+    Parameters
+    ----------
+    kind : {"statistics", "trained"}
+
+    Returns
+    -------
+    (net, data)
+        ``"statistics"``: a tanh MLP of widths 2-8-8-2 and ``data = X``, the 3 built-in
+        :func:`pdlt.data.default_inputs`.  ``"trained"``: a tanh MLP of widths 1-16-1 and
+        ``data = (X_train, y_train, X_test)`` with X_train = (−0.5, 0.5), y_train = (−1, 1) and
+        X_test = (−1, 0.25): a trained distribution has mean shape (2, 1), so ``y_test`` of an
+        observable checked on it has shape (2, 1).
+    """
+    from .data import default_inputs
+    from .plugins import lookup
+
+    act = lookup("activation", "tanh")()
+    mlp = lookup("architecture", "mlp")
+    if kind == "statistics":
+        return mlp(input_dim=2, hidden_widths=(8, 8), output_dim=2, activation=act), default_inputs()
+    if kind == "trained":
+        net = mlp(input_dim=1, hidden_widths=(16,), output_dim=1, activation=act, c_b=0.1, c_w=1.0)
+        return net, (np.array([[-0.5], [0.5]]), np.array([[-1.0], [1.0]]), np.array([[-1.0], [0.25]]))
+    raise ParameterError(f"The 'kind' parameter of reference_problem must be 'statistics' or 'trained'. Got {kind!r} instead.")
+
+
+# --------------------------------------------------------------------------- architectures
+def check_architecture(
+    architecture,
+    X=None,
+    *,
+    orders: Sequence[str] = ("leading", "full"),
+    monte_carlo_size: int | None = 2000,
+    k: float = 5.0,
+    seed: int = 0,
+) -> None:
+    """Run the architecture conformance battery; raise ``AssertionError`` on the first failure.
+
+    Parameters
+    ----------
+    architecture : Architecture
+        An instance of the architecture under test (keep it small: the checks run its flow and,
+        unless ``monte_carlo_size`` is None, an ensemble of its real networks).
+    X : array_like, shape (N, input_dim), optional
+        Inputs (default: the first ``min(3, …)`` built-in :func:`pdlt.data.default_inputs`, or
+        points on a line when input_dim = 1).
+    orders : sequence of {"leading", "full", "dntk"}
+        The :func:`pdlt.flow` orders the architecture supports.
+    monte_carlo_size : int or None
+        Networks in the comparison of the output-layer K and Θ with ``sample_forward`` (None: skip).
+    k : float
+        Tolerance of that comparison in standard errors.
+
+    Notes
+    -----
+    Checked: ``name``, attrs value object (pickle, ``attrs.evolve``, frozen); ``depth`` and
+    ``widths``; for every order, one :class:`~pdlt.flow.Statistics` per layer numbered 1..L with
+    ``width`` = n_ℓ and ``fan_in`` = n_{ℓ−1}, finite float64 tensors of the right shapes, K and Θ
+    symmetric positive semi-definite, V symmetric within and between its pairs; the flow is
+    deterministic; the output-layer two-point function and NTK mean of real networks
+    (:func:`pdlt.ensemble.sample`) agree with the theory (K + G1/n and Θ + H1/n when "full" is
+    supported, else K and Θ) within ``k`` standard errors.
+    """
+    from .architecture import Architecture
+    from .flow import flow
+
+    who = f"check_architecture({architecture!r})"
+    _check_plugin_class(architecture, "architecture", Architecture, who)
+    widths = architecture.widths
+    if len(widths) != architecture.depth + 1:
+        raise AssertionError(f"{who}: widths {widths} must have depth + 1 = {architecture.depth + 1} entries")
+    if X is None:
+        n0 = architecture.input_dim
+        if n0 >= 2:
+            from .data import default_inputs
+
+            X = default_inputs(3, n0)
+        else:
+            X = np.array([[-1.0], [0.5], [1.5]])
+    X = np.asarray(X, dtype=float)
+    N = X.shape[0]
+    last = None
+    for order in orders:
+        fl = flow(architecture, X, order=order)
+        again = flow(architecture, X, order=order)
+        if len(fl) != architecture.depth:
+            raise AssertionError(f"{who}: flow(order={order!r}) has {len(fl)} layers, expected L = {architecture.depth}")
+        for ell, s in enumerate(fl, start=1):
+            where = f"{who}, order={order!r}, layer {ell}"
+            if (s.layer, s.width, s.fan_in) != (ell, widths[ell], widths[ell - 1]):
+                raise AssertionError(
+                    f"{where}: (layer, width, fan_in) = {(s.layer, s.width, s.fan_in)}, expected {(ell, widths[ell], widths[ell - 1])}"
+                )
+            for name, shape in (("K", (N, N)), ("Theta", (N, N))) + (
+                tuple((f, (N,) * 4) for f in ("V", "A", "B", "D", "F")) + (("G1", (N, N)), ("H1", (N, N)))
+                if order != "leading" else ()
+            ):
+                value = getattr(s, name)
+                if value is None or value.shape != shape or value.dtype != np.float64:
+                    raise AssertionError(f"{where}: {name} must be a float64 array of shape {shape}, got {value!r}")
+                if not np.all(np.isfinite(value)):
+                    raise AssertionError(f"{where}: {name} has non-finite entries")
+                if not np.array_equal(value, getattr(again[ell - 1], name)):
+                    raise AssertionError(f"{where}: {name} differs between two identical calls (not deterministic)")
+            _symmetric_psd(s.K, "K", where)
+            _symmetric_psd(s.Theta, "Θ", where)
+            if order != "leading":
+                V = s.V
+                scale = max(float(np.abs(V).max(initial=0.0)), 1e-300)
+                for perm in ((1, 0, 2, 3), (2, 3, 0, 1)):
+                    if not np.allclose(V, V.transpose(perm), rtol=1e-8, atol=1e-10 * scale):
+                        raise AssertionError(f"{where}: V is not symmetric under the index permutation {perm}")
+        last = fl
+    if monte_carlo_size is not None and last is not None:
+        from .ensemble import sample
+
+        th = last[-1]
+        mc = sample(architecture, X, monte_carlo_size, seed, progress=False)[-1]
+        for name, value in (("K", th.metric()), ("Theta", th.ntk_mean())):
+            z = np.abs(getattr(mc, name).z_score(value))
+            if not np.all(z <= k):
+                i = np.unravel_index(int(np.nanargmax(z)), z.shape)
+                raise AssertionError(
+                    f"{who}: the output-layer {name} of {monte_carlo_size} real networks disagrees with the theory: "
+                    f"component {i}: ensemble {getattr(mc, name).mean[i]!r} ± {getattr(mc, name).stderr[i]!r}, "
+                    f"theory {value[i]!r} (|z| = {z[i]:.2f} > {k})"
+                )
+
+
+# --------------------------------------------------------------------------- learning algorithms
+def check_learning_algorithm(algorithm, net=None, data=None, *, order: str | None = "leading") -> None:
+    """Run the learning-algorithm conformance battery; raise ``AssertionError`` on the first failure.
+
+    Parameters
+    ----------
+    algorithm : LearningAlgorithm
+        An instance of the algorithm under test.
+    net, data : optional
+        Architecture and ``(X_train, y_train, X_test)`` (default: :func:`reference_problem`
+        ``("trained")``).
+    order : {"leading", "full", "dntk", None}
+        Passed to :func:`pdlt.solve`; None: the algorithm's own ``order`` (its O(1/n) result, slower).
+
+    Notes
+    -----
+    Checked: ``name``, ``order`` and the attrs value object; :func:`pdlt.solve` returns a
+    :class:`~pdlt.learning.TrainedDistribution` of the right shapes with finite parts, a symmetric
+    positive semi-definite infinite-width covariance, ``mean = mean_infinite + mean_correction`` and
+    a ``train_fit`` on the training inputs; it is deterministic; and, because the distribution of
+    networks is invariant under z → −z (last layer's weights and biases negated), training on −y
+    gives exactly the negated mean and the same covariance, at every order in 1/n.
+    """
+    from .learning import LearningAlgorithm, TrainedDistribution
+    from .solver import solve
+
+    who = f"check_learning_algorithm({algorithm!r})"
+    _check_plugin_class(algorithm, "learning algorithm", LearningAlgorithm, who)
+    if type(algorithm).order not in ("leading", "full", "dntk"):
+        raise AssertionError(f"{who}: the class attribute 'order' must be 'leading', 'full' or 'dntk', got {type(algorithm).order!r}")
+    if net is None or data is None:
+        net, data = reference_problem("trained")
+    X_train, y_train, X_test = (np.asarray(a, dtype=float) for a in data)
+    y_train = y_train if y_train.ndim == 2 else y_train[:, None]
+    d = solve(net, algorithm, X_train, y_train, X_test, order=order, warn_regime=False)
+    if not isinstance(d, TrainedDistribution):
+        raise AssertionError(f"{who}: solve returned {type(d).__name__}, expected TrainedDistribution")
+    NB, nL = X_test.shape[0], net.output_dim
+    if d.mean.shape != (NB, nL) or d.covariance.shape != (NB, nL, NB, nL):
+        raise AssertionError(f"{who}: mean/covariance shapes {d.mean.shape}/{d.covariance.shape}, expected {(NB, nL)}/{(NB, nL, NB, nL)}")
+    if d.train_fit is None or d.train_fit.mean.shape != (X_train.shape[0], nL):
+        raise AssertionError(f"{who}: solve must attach train_fit on the {X_train.shape[0]} training inputs")
+    for c in range(nL):
+        _symmetric_psd(d.covariance_infinite[:, c, :, c], f"covariance_infinite of output {c}", who)
+    if d.mean_correction is not None and not np.allclose(d.mean, d.mean_infinite + d.mean_correction, rtol=1e-12, atol=0):
+        raise AssertionError(f"{who}: mean != mean_infinite + mean_correction")
+    again = solve(net, algorithm, X_train, y_train, X_test, order=order, warn_regime=False)
+    if not (np.array_equal(again.mean, d.mean) and np.array_equal(again.covariance, d.covariance)):
+        raise AssertionError(f"{who}: two identical calls of solve gave different results (not deterministic)")
+    flipped = solve(net, algorithm, X_train, -y_train, X_test, order=order, warn_regime=False)
+    scale = max(float(np.abs(d.mean).max(initial=0.0)), float(np.abs(d.covariance).max(initial=0.0)), 1e-300)
+    if not np.allclose(flipped.mean, -d.mean, rtol=1e-8, atol=1e-10 * scale):
+        raise AssertionError(
+            f"{who}: training on −y must give the negated mean (z → −z symmetry); got {flipped.mean.tolist()} "
+            f"for {d.mean.tolist()}"
+        )
+    if not np.allclose(flipped.covariance, d.covariance, rtol=1e-8, atol=1e-10 * scale):
+        raise AssertionError(f"{who}: training on −y must give the same covariance (z → −z symmetry)")
+
+
+# --------------------------------------------------------------------------- observables
+def _exact_ensemble(theory):
+    """Theory values dressed as an ensemble with zero standard errors (same normalisation)."""
+    from .ensemble import Estimate, LayerStatistics
+    from .learning import TrainedDistribution
+    from .observable import DERIVED_FIELDS, _one_neuron
+    from .training import TrainedEnsemble
+
+    def exact(x):
+        return Estimate(mean=x, stderr=np.zeros_like(np.asarray(x, dtype=float)))
+
+    if isinstance(theory, TrainedDistribution):
+        return TrainedEnsemble(mean=exact(theory.mean), covariance=exact(theory.covariance), steps=0, max_residual=0.0,
+                               size=2, seed=0, n_batches=2, learning_rate=1.0, widths=(1, theory.width, theory.n_outputs))
+    fields = {name: exact(getattr(theory, name)) for name in ("V", "A", "B", "D", "F")}
+    fields.update({name: exact(_one_neuron(getattr(theory, a), getattr(theory, b))) for name, (a, b) in DERIVED_FIELDS.items()})
+    return LayerStatistics(ell=theory.layer, width=theory.width, fan_in=theory.fan_in, K=exact(theory.metric()),
+                           Theta=exact(theory.ntk_mean()), **fields)
+
+
+def check_observable(observable, theory=None) -> None:
+    """Run the observable conformance battery; raise ``AssertionError`` on the first failure.
+
+    Parameters
+    ----------
+    observable : Observable
+        An instance of the observable under test.
+    theory : Statistics, Flow or TrainedDistribution, optional
+        What to evaluate it on (default: the output layer, or the trained distribution, of
+        :func:`reference_problem` for the observable's ``source``; an observable with labels must
+        then take ``y_test`` of shape (2, 1)).
+
+    Notes
+    -----
+    Checked: ``name``, ``source``, ``requires`` (known fields), ``description`` and the attrs value
+    object; :meth:`~pdlt.Observable.compute` returns a finite float array of the same shape on
+    repeated calls and on the infinite-width theory (``corrected=False``), without modifying its
+    inputs; evaluated on an ensemble whose estimates equal the theory with zero errors it returns
+    the theory value with zero standard error (theory and experiment share one formula); with
+    errors on the inputs, the propagated standard error is finite, non-negative and scales linearly
+    with them.
+    """
+    from .ensemble import Estimate
+    from .flow import Flow
+    from .observable import STATISTICS_FIELDS, TRAINED_FIELDS, Observable
+
+    who = f"check_observable({observable!r})"
+    _check_plugin_class(observable, "observable", Observable, who)
+    cls = type(observable)
+    if cls.source not in ("statistics", "trained"):
+        raise AssertionError(f"{who}: the class attribute 'source' must be 'statistics' or 'trained', got {cls.source!r}")
+    allowed = STATISTICS_FIELDS if cls.source == "statistics" else TRAINED_FIELDS
+    if not isinstance(cls.requires, tuple) or not cls.requires or not set(cls.requires) <= set(allowed):
+        raise AssertionError(f"{who}: 'requires' must be a non-empty tuple of fields from {allowed}, got {cls.requires!r}")
+    if not isinstance(cls.description, str) or not cls.description.strip():
+        raise AssertionError(f"{who}: the class attribute 'description' must be a non-empty one-line string")
+    if theory is None:
+        if cls.source == "statistics":
+            from .flow import flow
+
+            net, X = reference_problem("statistics")
+            theory = flow(net, X)[-1]
+        else:
+            from .solver import solve
+            from .plugins import lookup
+
+            net, (Xa, ya, Xb) = reference_problem("trained")
+            theory = solve(net, lookup("learning_algorithm", "bayesian")(noise_variance=0.01), Xa, ya, Xb,
+                           order="full", warn_regime=False)
+    if isinstance(theory, Flow):
+        theory = theory[-1]
+    value = observable.theory(theory)
+    if not isinstance(value, np.ndarray) or value.dtype != np.float64:
+        raise AssertionError(f"{who}: the value must be a float64 ndarray, got {value!r}")
+    if not np.all(np.isfinite(value)):
+        raise AssertionError(f"{who}: the value on the reference theory is not finite: {value!r}")
+    if not np.array_equal(observable.theory(theory), value):
+        raise AssertionError(f"{who}: two evaluations gave different values (not deterministic)")
+    leading = observable.theory(theory, corrected=False)
+    if leading.shape != value.shape:
+        raise AssertionError(f"{who}: shape {leading.shape} at infinite width but {value.shape} at order 1/n")
+    values = observable._theory_values(theory, True)
+    frozen = {k: np.array(v, copy=True) for k, v in values.items()}
+    observable.compute(values)
+    if any(not np.array_equal(values[k], frozen[k]) for k in values):
+        raise AssertionError(f"{who}: compute() modified its input arrays")
+    ens = _exact_ensemble(theory)
+    est = observable.empirical(ens)
+    if not isinstance(est, Estimate) or est.shape != value.shape:
+        raise AssertionError(f"{who}: the ensemble evaluation must be an Estimate of shape {value.shape}, got {est!r}")
+    if not np.allclose(est.mean, value, rtol=1e-12, atol=1e-14) or np.any(est.stderr != 0):
+        raise AssertionError(
+            f"{who}: on an ensemble equal to the theory (zero errors) it gave {est.mean!r} ± {est.stderr!r}, "
+            f"expected {value!r} ± 0: theory and ensemble must go through the same formula"
+        )
+    means, _ = observable._empirical_values(ens)
+    errs = {k: 1e-3 * (np.abs(v) + 1e-3) if k != "n" else np.asarray(0.0) for k, v in means.items()}
+    se1 = observable._propagate(means, errs, value)
+    se2 = observable._propagate(means, {k: 2 * v for k, v in errs.items()}, value)
+    if not (np.all(np.isfinite(se1)) and np.all(se1 >= 0)):
+        raise AssertionError(f"{who}: propagated standard errors must be finite and >= 0, got {se1!r}")
+    if not np.allclose(se2, 2 * se1, rtol=1e-4, atol=1e-8 * float(se1.max(initial=0.0)) + 1e-300):
+        raise AssertionError(f"{who}: propagated standard errors must scale linearly with the input errors")
 
 
 # --------------------------------------------------------------------------- hypothesis strategies

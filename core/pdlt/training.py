@@ -95,19 +95,35 @@ class TrainedEnsemble:
 # gradient descent on explicit networks
 
 
+def _residual(net):
+    """(γ^(ℓ), ξ^(ℓ)) arrays of a residual MLP (``net.gammas``, ``net.xis``), or None for a plain MLP.
+
+    Residual layers z^(ℓ+1) = ξ[b + W σ(z^(ℓ))] + γ z^(ℓ) (pdlt.residual_networks) are trained with
+    the same update; ∂z/∂b = ξ, ∂z/∂W = ξσ and the backward pass gains the shortcut γ.
+    """
+    g, x = getattr(net, "gammas", None), getattr(net, "xis", None)
+    if g is None or x is None or (not np.any(np.asarray(g)) and np.all(np.asarray(x) == 1.0)):
+        return None
+    return np.asarray(g, dtype=float), np.asarray(x, dtype=float)
+
+
 def _forward(net, params: NetworkParameters, X: np.ndarray):
     """Preactivations z^(ℓ) (S, n_ℓ, N) and activations σ(z^(ℓ)) of every layer."""
     act = net.activation
+    res = _residual(net)
     zs, ss = [], []
     if X.shape[1] == 1:  # n_0 = 1: an outer product, cheaper than a batched matmul
         z = params.weights[0] * X[:, 0] + params.biases[0][:, :, None]
     else:
         z = params.weights[0] @ X.T + params.biases[0][:, :, None]
+    if res is not None:
+        z = res[1][0] * z
     zs.append(z)
     for ell in range(1, params.depth):
         s = np.asarray(act(z), dtype=float)
         ss.append(s)
-        z = params.weights[ell] @ s + params.biases[ell][:, :, None]
+        u = params.weights[ell] @ s + params.biases[ell][:, :, None]
+        z = u if res is None else res[1][ell] * u + (res[0][ell] * z if res[0][ell] != 0.0 else 0.0)
         zs.append(z)
     return zs, ss
 
@@ -134,35 +150,44 @@ def output_ntk(net, params: NetworkParameters, X) -> tuple[np.ndarray, np.ndarra
     widths = net.widths
     lam_b, lam_w = net.lambda_B, net.lambda_W
     S, nL, N = zs[-1].shape
+    res = _residual(net)
     J = np.broadcast_to(np.eye(nL)[None, :, :, None], (S, nL, nL, N))  # [s, i, k, α]
     H = np.zeros((S, nL, nL, N, N))
     for ell in range(params.depth - 1, -1, -1):
         a = X.T[None] if ell == 0 else ss[ell - 1]  # (S or 1, n_{ℓ−1}, N)
         Gm = np.einsum("sma,smb->sab", a, a) if ell > 0 else (X @ X.T)[None]
         JJ = np.einsum("sika,sjkb->sijab", J, J)
-        H += JJ * (lam_b[ell] + (lam_w[ell] / widths[ell]) * Gm)[:, None, None]
+        x2 = 1.0 if res is None else res[1][ell] ** 2
+        H += x2 * JJ * (lam_b[ell] + (lam_w[ell] / widths[ell]) * Gm)[:, None, None]
         if ell > 0:
             d = np.asarray(act.derivative(zs[ell - 1], 1), dtype=float)  # (S, n_{ℓ−1}, N)
-            J = np.einsum("sika,skm->sima", J, params.weights[ell]) * d[:, None]
+            Jb = np.einsum("sika,skm->sima", J, params.weights[ell]) * d[:, None]
+            J = Jb if res is None else res[1][ell] * Jb + (res[0][ell] * J if res[0][ell] != 0.0 else 0.0)
     return zs[-1], H
 
 
-def _gd_step(net, params: NetworkParameters, X: np.ndarray, y: np.ndarray, eta: float) -> np.ndarray:
-    """One full-batch GD step in place; returns the residual ε = z − y (S, n_L, N_A) *before* it."""
+def _gd_step(net, params: NetworkParameters, X: np.ndarray, y: np.ndarray, eta: float, metric: np.ndarray | None = None) -> np.ndarray:
+    """One full-batch GD step in place; returns the residual ε = z − y (S, n_L, N_A) *before* it.
+
+    With ``metric`` M (N_A, N_A, symmetric) the step descends ½ Σ_i ε_iᵀ M ε_i, i.e. the parameters
+    move by −η λ_μ Σ_{ab} ∂_μ z_a M_ab ε_b (M = H̃⁻¹, η = 1: the Newton step, book §10.2.1)."""
     zs, ss = _forward(net, params, X)
     eps = zs[-1] - y
     act = net.activation
     widths = net.widths
     lam_b, lam_w = net.lambda_B, net.lambda_W
-    g = eps
+    g = eps if metric is None else eps @ metric
+    res = _residual(net)
     ones = np.ones(X.shape[0])
     grads = []
     for ell in range(params.depth - 1, -1, -1):
-        gW = g @ np.swapaxes(ss[ell - 1], -1, -2) if ell > 0 else g @ X  # (S, n_ℓ, n_{ℓ−1})
-        gb = g @ ones  # Σ_α (a matmul: much faster than a reduction over a short last axis)
+        gu = g if res is None else res[1][ell] * g  # ∂L/∂u of the branch u = b + W a
+        gW = gu @ np.swapaxes(ss[ell - 1], -1, -2) if ell > 0 else gu @ X  # (S, n_ℓ, n_{ℓ−1})
+        gb = gu @ ones  # Σ_α (a matmul: much faster than a reduction over a short last axis)
         grads.append((ell, gW, gb))
         if ell > 0:
-            g = (np.swapaxes(params.weights[ell], -1, -2) @ g) * np.asarray(act.derivative(zs[ell - 1], 1), dtype=float)
+            gl = (np.swapaxes(params.weights[ell], -1, -2) @ gu) * np.asarray(act.derivative(zs[ell - 1], 1), dtype=float)
+            g = gl if res is None else gl + (res[0][ell] * g if res[0][ell] != 0.0 else 0.0)
     for ell, gW, gb in grads:
         W, b = params.weights[ell], params.biases[ell]  # updated in place
         W -= (eta * lam_w[ell] / widths[ell]) * gW
@@ -284,6 +309,7 @@ def train_ensemble(
     control_variate: bool = False,
     antithetic: bool = True,
     linearized: bool = False,
+    newton_first: bool = False,
     chunk_size: int | None = None,
     max_memory_mb: float = 256,
     progress: bool | None = None,
@@ -311,6 +337,11 @@ def train_ensemble(
         Pair each network with its last-layer sign flip.
     linearized : bool
         Also train (exactly, in closed form) the linear model with each network's own initial NTK.
+    newton_first : bool
+        Start with one Newton step ("giant leap", book §10.2.1, §∞.2.1): the parameters move by
+        −λ_μ Σ_{ab} ∂_μ z_a (H̃⁻¹)_{ab} ε_b with H = Θ + H1/n the mean NTK of :func:`pdlt.flow` on the
+        training inputs at this width; then ``steps`` GD steps at ``learning_rate`` (compare with
+        ``pdlt.GiantLeapSmallStep``).  Not combined with ``linearized``.
     chunk_size, max_memory_mb :
         Bound the networks held at once.
     progress : bool or None
@@ -338,24 +369,39 @@ def train_ensemble(
         raise ParameterError(f"The 'steps' parameter of {owner} must be None or an integer >= 0. Got {steps!r} instead.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ParameterError(f"The 'seed' parameter of {owner} must be a non-negative integer. Got {seed!r} instead.")
+    if newton_first and (linearized or steps is None):
+        raise ParameterError(
+            f"The 'newton_first' option of {owner} needs a finite number of small steps and linearized=False. "
+            f"Got steps={steps!r}, linearized={linearized!r} instead."
+        )
     size = int(size) // pair * pair
     N_A, N_B = Xa.shape[0], Xb.shape[0]
     nL = net.output_dim
     eta = float(learning_rate)
 
+    s = None
+    if control_variate or newton_first:
+        from .flow import flow
+
+        order = "leading" if net.depth <= 2 else "full"
+        s = flow(net, np.vstack([Xa, Xb]), order=order)[-1]
+    leap = None
+    if newton_first:
+        Hm = np.asarray(s.ntk_mean())[:N_A, :N_A]
+        hm, Om = np.linalg.eigh(0.5 * (Hm + Hm.T))
+        if not hm[0] > 0:
+            raise NumericalError(f"{owner}: the mean NTK on the training inputs is singular; no Newton step.")
+        leap = (Om / hm) @ Om.T
+
     # the control variate's linear map z ↦ P z + c on D = A ∪ B (P: (N_B, N_A + N_B))
     ctrl = None
     if control_variate:
-        from .flow import flow
-
-        D = np.vstack([Xa, Xb])
-        order = "leading" if net.depth <= 2 else "full"
-        s = flow(net, D, order=order)[-1]
         Th = np.asarray(s.Theta)
         h, O = np.linalg.eigh(Th[:N_A, :N_A])
         if not h[0] > 0:
             raise NumericalError(f"{owner}: the infinite-width NTK on the training inputs is singular; no control variate.")
-        gT = (O * (1.0 / h if steps is None else (1.0 - (1.0 - eta * h) ** steps) / h)) @ O.T
+        # after a Newton step the infinite-width network is trained: g = Θ̃⁻¹ whatever follows
+        gT = (O * (1.0 / h if steps is None or newton_first else (1.0 - (1.0 - eta * h) ** steps) / h)) @ O.T
         M = Th[N_A:, :N_A] @ gT
         P = np.hstack([-M, np.eye(N_B)])
         c = M @ y  # (N_B, n_L)
@@ -385,6 +431,8 @@ def train_ensemble(
                 lin = _linearized(z0, H0, y, N_A, eta, steps)
             elif control_variate:
                 z0 = _output(net, params, D)
+            if leap is not None:
+                _gd_step(net, params, Xa, np.ascontiguousarray(y.T)[None], 1.0, metric=leap)
             t, res = gradient_descent(net, params, Xa, y, learning_rate=eta, steps=steps, tol=tol, max_steps=max_steps)
             steps_taken = max(steps_taken, t)
             max_res = max(max_res, res)

@@ -10,7 +10,10 @@ n = n_{L−1} (the fan-in of the output layer, the normalisation of every 1/n te
   for any number of steps, and at O(1/n) the fully trained mean (book §∞.2.3; training.md §4.4–§4.5)
   and covariance (theory/trained-cov.md);
 * :class:`NewtonStep` — the single "giant leap" (book §10.2.1; training.md §2) with the learning-rate
-  matrix (mean NTK on A)⁻¹, and its O(1/n) mean and covariance (same expansion, one step).
+  matrix (mean NTK on A)⁻¹, and its O(1/n) mean and covariance (same expansion, one step);
+* :class:`GiantLeapSmallStep` — a Newton step followed by GD steps (book §∞.2.1), through the same
+  finite-step machinery as gradient descent with a schedule of learning-rate matrices
+  (:func:`rate_schedule`); finite-T gradient descent has its O(1/n) mean and covariance as well.
 
 Notation: flattened indices I = (i, δ); sample indices α̃ ∈ A written a, b, …, 1…6; Θ̃ = Θ on A;
 Θ̃ = O diag(h) Oᵀ.  Every algorithm tensor of training.md §4.4 (X_II, X_III, Z_A, Z_B, Z_IA, Z_IB,
@@ -41,10 +44,15 @@ __all__ = [
     "Bayesian",
     "GradientDescent",
     "NewtonStep",
+    "GiantLeapSmallStep",
     "FiniteWidthTerms",
     "algorithm_tensors",
     "newton_tensors",
     "finite_steps_mean_correction",
+    "finite_steps_cov_correction",
+    "Schedule",
+    "constant_schedule",
+    "rate_schedule",
 ]
 
 _DNTK = ("P", "Q", "R", "S", "T", "U")
@@ -74,7 +82,7 @@ def _need(stats, names, owner: str, hint: str) -> None:
     if missing:
         raise ParameterError(
             f"{owner}: the O(1/n) result needs the statistics {', '.join(missing)}, which are None in the "
-            f"given Statistics. {hint}"
+            f"given Statistics. {getattr(type(stats), 'unavailable_note', '')}{hint}"
         )
 
 
@@ -681,29 +689,237 @@ def _divided_differences(h, eta, T):
     return g, -eta**2 * g1, eta**3 * g2
 
 
-def _contract(term, X, W, wlabels, rowlab, yr, Yr, Kr, nL, extra=None):
-    """Evaluate one reduced term as an einsum over eigen-labels (output axis "i")."""
+@attrs.frozen(kw_only=True)
+class Schedule:
+    """Time-summed coefficients of a training schedule whose learning-rate matrices are diagonal in
+    the eigenbasis of the mean NTK H̃ = O diag(h) Oᵀ on the training set.
+
+    Attributes
+    ----------
+    g, g1, g2 : ndarray (N_A,), (N_A, N_A), (N_A,)*3
+        The frozen-NTK solution z(T) = z − Ĥ_{·A} G(Ĥ̃) ε, G = Σ_t M_t Π_{s<t}(1 − Ĥ̃M_s) (later times
+        on the left), expanded around Ĥ̃ = H̃ in the eigenbasis: G = O diag(g) Oᵀ +
+        [g1_rs Δ_rs] + [Σ_m g2_rms Δ_rm Δ_ms] + O(Δ³).  For a constant rate η these are g_T and its
+        first and second divided differences.
+    A, B : dict
+        Weights of the first-order (dNTK/ddNTK) sources summed over steps (``A``), and summed with the
+        leading-order propagator of the training residual to the end (``B``; None when the schedule
+        runs to convergence), as in :func:`_finite_step_weights`.
+    h1_g1 : ndarray (N_A, N_A)
+        The first-order change of G under a change of the *mean* NTK (H1/n), learning rates included
+        (equal to g1 when the rates do not depend on H̃; −1/h_rh_s when the first step is the Newton
+        step M = H̃⁻¹, after which G ≡ H̃⁻¹).
+    """
+
+    g: np.ndarray
+    g1: np.ndarray
+    g2: np.ndarray
+    A: dict
+    B: dict | None
+    h1_g1: np.ndarray
+
+
+def constant_schedule(h: np.ndarray, eta: float, T: int | None) -> Schedule:
+    """T steps (None: to convergence) of GD at the constant rate η, in closed form."""
+    g, g1, g2 = _divided_differences(h, eta, T)
+    A, B = _finite_step_weights(h, eta, T)
+    return Schedule(g=g, g1=g1, g2=g2, A=A, B=B, h1_g1=g1)
+
+
+def rate_schedule(h: np.ndarray, rates: np.ndarray, *, h1_g1: np.ndarray | None = None) -> Schedule:
+    """Any finite sequence of learning-rate matrices M_t = O diag(rates[t]) Oᵀ, summed step by step.
+
+    Parameters
+    ----------
+    h : ndarray (N_A,)
+        Eigenvalues of H̃.
+    rates : ndarray (T, N_A)
+        Per-step, per-eigenmode rates m_r(t) (a constant η: all η; the Newton step: 1/h).
+    h1_g1 : ndarray (N_A, N_A), optional
+        See :class:`Schedule` (default: g1, i.e. rates that do not depend on H̃).
+
+    Notes
+    -----
+    Same first-order dynamics as training.md §4.2 with η ε → M_t ε.  With u_r(t) = 1 − m_r(t)h_r,
+    V_a(t) = m_a(t) Π_{s<t}u_a(s) (the leading-order update M_tε⁰(t) per unit ε_a) and the running sums
+    S1_c(t) = Σ_{s<t}V_c(s), S2_bc(t) = Σ_{s<t}V_b(s)V_c(s), W_bc(t) = Σ_{s<t}V_b(s)S1_c(s), the sources
+    of step t are those of :func:`_finite_step_weights` with η²u_a^t S_t(u_b) → V_aS1_b, η²(u_au_b)^t
+    → V_aV_b, η³P3 → V_aV_bS1_c, η³P5 → V_aS2_bc, η³P6 → V_aV_bV_c and η³W4 → V_aW_bc (every source is
+    a product of one update per slot).  The training residual left at the end weights step t by
+    Π_{t<s<T}u_e(s).  The frozen-NTK expansion follows from the ordered product: g_r = Σ_t V_r(t),
+    g1_rs = −Σ_t m_r(t) F1_rs(t), F1(t+1) = u_r(t)F1(t) + V_s(t); g2_rms = Σ_t m_r(t) F2_rms(t),
+    F2(t+1) = u_r(t)F2(t) + m_m(t)F1_ms(t).  For a constant rate this reproduces the closed forms of
+    :func:`constant_schedule` (unit test).
+    """
+    h = np.asarray(h, dtype=float)
+    rates = np.atleast_2d(np.asarray(rates, dtype=float))
+    T, N = rates.shape
+    u = 1.0 - rates * h[None, :]
+    U = np.ones(N)
+    S1 = np.zeros(N)
+    S2 = np.zeros((N, N))
+    W = np.zeros((N, N))
+    F1 = np.zeros((N, N))
+    F2 = np.zeros((N, N, N))
+    g = np.zeros(N)
+    g1 = np.zeros((N, N))
+    g2 = np.zeros((N, N, N))
+    names = ("dI", "dA", "RI_I", "RI_A", "RII_I", "RII_Ib", "W4")
+    srcs = []
+    for t in range(T):
+        m = rates[t]
+        V = m * U
+        a3 = V[:, None, None]
+        P1 = np.outer(V, V)
+        P2 = np.outer(V, S1)
+        P3 = (V[:, None] * V[None, :])[:, :, None] * S1[None, None, :]
+        P5 = a3 * S2[None]
+        P6 = a3 * P1[None]
+        W4 = a3 * W[None]
+        srcs.append({
+            "dI": 0.5 * P1 + P2, "dA": P2,
+            "RI_I": -(0.5 * P3 + W4 + 0.5 * P5 + P6 / 6.0), "RI_A": -(W4 + 0.5 * P5),
+            "RII_I": -(0.5 * P3 + W4 + P5), "RII_Ib": -(0.5 * P3 + W4), "W4": -W4,
+        })
+        g += V
+        g1 -= m[:, None] * F1
+        g2 += m[:, None, None] * F2
+        # advance the running sums to t + 1
+        F2 = u[t][:, None, None] * F2 + m[None, :, None] * F1[None, :, :]
+        F1 = u[t][:, None] * F1 + V[None, :]
+        W = W + np.outer(V, S1)
+        S2 = S2 + np.outer(V, V)
+        S1 = S1 + V
+        U = U * u[t]
+    A = {k: sum(sr[k] for sr in srcs) if srcs else np.zeros((N,) * (2 if k in ("dI", "dA") else 3)) for k in names}
+    B = {k: np.zeros((N,) + A[k].shape) for k in names}
+    tail = np.ones(N)  # Π_{t<s<T} u_e(s), built backwards
+    for t in range(T - 1, -1, -1):
+        for k in names:
+            B[k] += np.multiply.outer(tail, srcs[t][k])
+        tail = tail * u[t]
+    return Schedule(g=g, g1=g1, g2=g2, A=A, B=B, h1_g1=g1 if h1_g1 is None else np.asarray(h1_g1, dtype=float))
+
+
+class _PolyTerm:
+    """One term of the O(1/n) trained mean as a polynomial in the labels:
+    ``coef · rowmap @ einsum(subs; ops)`` with output subscript ``<row letter>i``.
+
+    ``kinds[p]`` marks operand p as a label factor: ``"y"`` (ŷ-rotated labels yr = Oᵀy carrying the
+    output i, subscript ``"xi"``), ``"Y"`` (Σ_k yr_{x k} yr_{x' k}) or None.  Keeping the label factors
+    apart makes the label derivative that the covariance needs (the Stein term, trained-cov.md §1 (4))
+    an exact contraction instead of a finite difference.
+    """
+
+    __slots__ = ("coef", "subs", "ops", "out", "kinds", "rowmap")
+
+    def __init__(self, coef, subs, ops, out, kinds, rowmap):
+        self.coef, self.subs, self.ops, self.out, self.kinds, self.rowmap = coef, list(subs), list(ops), out, list(kinds), rowmap
+
+    def _eval(self, subs, ops, out):
+        X = self.coef * np.einsum(",".join(subs) + "->" + out, *ops, optimize=True)
+        return X if self.rowmap is None else np.tensordot(self.rowmap, X, axes=([1], [0]))
+
+    def value(self) -> np.ndarray:
+        """The term, shape (N_E, n_L)."""
+        return self._eval(self.subs, self.ops, self.out)
+
+    def stein(self, kr: np.ndarray, yr: np.ndarray):
+        """Σ_x kr_{Zx} ∂(term)_{i}/∂yr_{j;x}: the δ_ij part [row, Z] and the label part [row, i, Z, j].
+
+        ``kr`` (N_Z, N_A) is K⋄ rotated into the eigenbasis (its sample slot), so this is
+        Σ_α K⋄_{Zα} ∂𝔪_{i;row}/∂y_{j;α} (trained-cov.md §1 (4)).
+        """
+        row = self.out[0]
+        delta = lab = 0.0
+        for p, kind in enumerate(self.kinds):
+            if kind == "y":
+                subs, ops = list(self.subs), list(self.ops)
+                subs[p], ops[p] = "Z" + self.subs[p][0], kr
+                delta = delta + self._eval(subs, ops, row + "Z")
+            elif kind == "Y":
+                x1, x2 = self.subs[p]
+                for pair in ((("Z" + x1, kr), (x2 + "j", yr)), ((x1 + "j", yr), ("Z" + x2, kr))):
+                    subs = self.subs[:p] + [pair[0][0], pair[1][0]] + self.subs[p + 1:]
+                    ops = self.ops[:p] + [pair[0][1], pair[1][1]] + self.ops[p + 1:]
+                    lab = lab + self._eval(subs, ops, row + "iZj")
+        return delta, lab
+
+
+def _term(term, X, W, wlabels, rowlab, yr, Yr, Kr, nL, rowmap, extra=None) -> _PolyTerm:
+    """One reduced term (from :func:`_reduce`) as a :class:`_PolyTerm` over eigen-labels."""
     coef, _, name, labels, yi, Ypairs, Ks, power = term
     subs = ["".join(rowlab if l == "I" else l for l in labels), wlabels]
     ops = [X, W]
+    kinds = [None, None]
     for x in yi:
         subs.append(x + "i")
         ops.append(yr)
+        kinds.append("y")
     for x1, x2 in Ypairs:
         subs.append(x1 + x2)
         ops.append(Yr)
+        kinds.append("Y")
     for x1, x2 in Ks:
         subs.append(x1 + x2)
         ops.append(Kr)
+        kinds.append(None)
     if extra is not None:
         subs.append(extra[0])
         ops.append(extra[1])
+        kinds.append(None)
     out = (extra[2] if extra is not None else rowlab) + "i"
-    return coef * nL**power * np.einsum(",".join(subs) + "->" + out, *ops, optimize=True)
+    return _PolyTerm(coef * nL**power, subs, ops, out, kinds, rowmap)
 
 
-def finite_steps_mean_correction(eng: "_GradientEngine", eta: float, T: int | None) -> np.ndarray:
+def _finite_mean_terms(eng: "_GradientEngine", sched: "Schedule") -> list[_PolyTerm]:
+    """The label-polynomial terms of n·(E[z(T)] − mean at infinite width) other than the H1 term
+    (see :func:`finite_steps_mean_correction`): dNTK, ddNTK and the frozen random NTK to second order."""
+    h, O = eng.h, eng.O
+    y, nL = eng.y, eng.nL
+    b = eng.blocks
+    yr = O.T @ y
+    Yr = yr @ yr.T
+    Kr = O.T @ eng.Kt @ O
+    A_w, B_w = sched.A, sched.B
+    Th = np.asarray(eng.stats.Theta)
+    ThEA_O = Th[np.ix_(eng.E, eng.A)] @ O
+    NE, NR = len(eng.E), len(eng.R)
+    out = []
+    Bmap = ThEA_O / h[None, :]
+    for term in _mean_terms(_FINITE_PATTERNS):
+        wname, labels = term[1], term[3]
+        wl = "ab" if wname in ("dI", "dA") else "abc"
+        pos = labels.index("I")
+        out.append(_term(term, b.rot(term[2], (pos,)), A_w[wname], wl, "d", yr, Yr, Kr, nL, eng.Pr))
+        if B_w is not None:
+            out.append(_term(term, b.rot(term[2], ()), B_w[wname], "e" + wl, "e", yr, Yr, Kr, nL, Bmap))
+    # the frozen random NTK, second order in ΔĤ: +E[ΔĤ_{Ir} ΔĤ_{rs}] g1_rs y_s + (ΘO)_{Ir} E[ΔĤ_{rm} ΔĤ_{ms}] g2_rms y_s
+    g1, g2 = sched.g1, sched.g2
+    take = np.eye(NR)[:NE]
+    for t in _reduce("AB", ("I", "r", "r", "s"), ("s",), (), {"I": "i", "r": "kr", "s": "ks"}):
+        X = b.rot(t[0], (t[1].index("I"),))
+        out.append(_term((1.0, None) + t, X, g1, "rs", "d", yr, Yr, Kr, nL, take))
+    for t in _reduce("AB", ("r", "m", "m", "s"), ("s",), (), {"r": "i", "m": "km", "s": "ks"}):
+        out.append(_term((1.0, None) + t, b.rot(t[0], ()), g2, "rms", "d", yr, Yr, Kr, nL, None, extra=("dr", ThEA_O, "d")))
+    return out
+
+
+def _h1_finite(eng: "_GradientEngine", sched: "Schedule"):
+    """δM = ∂/∂H [H_{EA} g_T(H̃)] along H1 (the H1 part of the mean NTK), shape (N_E, N_A)."""
+    O = eng.O
+    g, g1 = sched.g, sched.h1_g1
+    H1 = _h1(eng.stats)
+    H1r = O.T @ H1[np.ix_(eng.A, eng.A)] @ O
+    Th = np.asarray(eng.stats.Theta)
+    return H1[np.ix_(eng.E, eng.A)] @ (O * g) @ O.T + Th[np.ix_(eng.E, eng.A)] @ O @ (g1 * H1r) @ O.T
+
+
+def finite_steps_mean_correction(eng: "_GradientEngine", eta: float, T: int | None, *, schedule: "Schedule | None" = None) -> np.ndarray:
     """n × (E[z(T)] − mean at infinite width) after T steps of GD (None: T = ∞), shape (N_E, n_L).
+
+    ``schedule`` (a :class:`Schedule`) replaces the constant rate η and the T steps by any sequence
+    of learning-rate matrices diagonal in the eigenbasis of H̃ (e.g. a Newton step then GD steps).
 
     Notes
     -----
@@ -716,42 +932,132 @@ def finite_steps_mean_correction(eng: "_GradientEngine", eta: float, T: int | No
     Θ_{·A} g_T(Θ̃) y.  Averages: E[dĤ ε ε] = −E[dĤ z] y − E[dĤ z] y, E[ε ε ε] = −(y y y + 3 K y),
     E[ΔĤ ΔĤ] from A, B (training.md §0), reduced to sample indices by :func:`_reduce`.
     """
+    sched = schedule if schedule is not None else constant_schedule(eng.h, eta, T)
+    out = sum(t.value() for t in _finite_mean_terms(eng, sched))
+    return out + _h1_finite(eng, sched) @ eng.y
+
+
+def _ntk_slot_operator(eng: "_GradientEngine", sched: "Schedule") -> np.ndarray:
+    """Λ_{J x b c} (N_E, N_R, N_A, N_A): the first-order change of Ĥ_{J A} g_T(Ĥ̃) w under ΔĤ is
+    Σ_{x∈R, b∈A, c∈A} ΔĤ_{x b} Λ_{J x b c} w_c.
+
+    For x an evaluation row, Λ = δ_{Jx} g_T; for x ∈ A it is the Daleckii–Krein term
+    Σ_rs (ΘO)_{Jr} O_{xr} g1_rs O_{bs} O_{cs}.  At T = ∞ (g = H̃⁻¹, g1 = −1/h_rh_s) Λ = Pr ⊗ H̃⁻¹,
+    the projection "ΔĤ⋄ H̃⁻¹" of trained-cov.md §2.
+    """
+    O = eng.O
+    g, g1 = sched.g, sched.g1
+    NE, NA = len(eng.E), len(eng.A)
+    Th = np.asarray(eng.stats.Theta)
+    ThO = Th[np.ix_(eng.E, eng.A)] @ O
+    Lam = np.zeros((NE, NE + NA, NA, NA))
+    Lam[np.arange(NE), np.arange(NE)] = (O * g) @ O.T
+    Lam[:, NE:] = np.einsum("Jr,xr,rs,bs,cs->Jxbc", ThO, O, g1, O, O, optimize=True)
+    return Lam
+
+
+def _pq_direct(b, wI, wA, wsub, yr, Kr, nL):
+    """The 𝒞^PQ,dir sums Σ_pq w [E[dĤ z_K] E[ε_p ε_q]] before the row and z-slot maps (trained-cov.md §1 (3)),
+    for dNTK weights wI (pattern dĤ_{Jpq}) and wA (dĤ_{pJq}) with subscripts ``wsub`` ("rs" or "xrs").
+
+    Returns (δ part [x, y], label part [x, j, y, i]) with x the row slot (evaluation row or rotated
+    training eigen-row) and y the preactivation slot over R."""
+    rot_row = wsub.startswith("x")
+    Cr = nL * Kr + yr @ yr.T
+    keep = (3,) if rot_row else (0, 3)
+    P03, Q03 = b.rot("P", keep), b.rot("Q", keep)
+    e = lambda s, *ops: np.einsum(s, *ops, optimize=True)  # noqa: E731
+    Wd = e(f"xrsy,{wsub},rs->xy", P03, wI, Cr) + e(f"xrsy,{wsub},rs->xy", Q03, wI, Kr) + e(f"xsry,{wsub},rs->xy", Q03, wI, Kr)
+    Wl = e(f"xrsy,{wsub},rj,si->xjyi", Q03, wI, yr, yr) + e(f"xsry,{wsub},ri,sj->xjyi", Q03, wI, yr, yr)
+    if np.any(wA):
+        P13, Q13 = (b.rot(n, (3,) if rot_row else (1, 3)) for n in ("P", "Q"))
+        Q23 = b.rot("Q", (3,) if rot_row else (2, 3))
+        Wd = Wd + e(f"rxsy,{wsub},rs->xy", P13 + Q13, wA, Kr) + e(f"rsxy,{wsub},rs->xy", Q23, wA, Cr)
+        Wl = Wl + e(f"rxsy,{wsub},ri,sj->xjyi", P13, wA, yr, yr) + e(f"rxsy,{wsub},rj,si->xjyi", Q13, wA, yr, yr)
+    return Wd, Wl
+
+
+def finite_steps_cov_correction(eng: "_GradientEngine", eta: float, T: int | None, *, schedule: "Schedule | None" = None) -> np.ndarray:
+    """n × (Cov[z(T)] − δ_ij Σ_T) after T steps of GD, shape (N_E, n_L, N_E, n_L), indexed [β̇1, i, β̇2, j].
+
+    ``schedule``: as in :func:`finite_steps_mean_correction`.
+
+    Notes
+    -----
+    trained-cov.md §2 with the finite-T per-network solution (docs/learning.md "finite T, O(1/n)
+    covariance"): with P_T = [1, −Θ_{EA}g_T(Θ̃)] (the infinite-width map z ↦ z(T), g_T(x) =
+    (1 − (1 − ηx)^T)/x) and K⋄_T = P_T K_{·A},
+
+    * T0: 𝔰_T = P_T G1 P_Tᵀ − [δM K⋄_Tᵀ + (1↔2)], δM the H1-derivative of Θ_{EA}g_T(Θ̃);
+    * T1 (D, F): −δ_ij Σ Λ_{β̇2 x b c}[D_{xbyc} + n_L F_{xybc} + F_{xcby}](P_T)_{β̇1 y} + (1↔2), with
+      Λ of :func:`_ntk_slot_operator` replacing "⋄ … H̃⁻¹";
+    * T2 (A, B): Λ ⊗ Λ contracted with E[ΔĤΔĤ] E[εε] (E[εε] = δK + yy);
+    * 𝒞^PQ,dir: the dNTK weights of :func:`_finite_step_weights` (time sums of the sources and the
+      first-order training residual ε¹(T)) contracted with E[dĤ z⋄_T] E[εε];
+    * 𝒞^Stein = −Σ_α [K⋄_{T;β̇1α} ∂𝔪_{T;j;β̇2}/∂y_{i;α} + (1↔2)] with 𝔪_T the finite-T mean without
+      H1, differentiated exactly term by term (:class:`_PolyTerm`).
+
+    At T = ∞ this is the trained-cov.md §1 result (checked to rounding in the unit tests).
+    """
     h, O = eng.h, eng.O
     y, nL = eng.y, eng.nL
     b = eng.blocks
-    yr = O.T @ y
-    Yr = yr @ yr.T
-    Kr = O.T @ eng.Kt @ O
-    A_w, B_w = _finite_step_weights(h, eta, T)
-    terms = _mean_terms(_FINITE_PATTERNS)
+    NE = len(eng.E)
+    sched = schedule if schedule is not None else constant_schedule(h, eta, T)
+    g = sched.g
     Th = np.asarray(eng.stats.Theta)
     ThEA_O = Th[np.ix_(eng.E, eng.A)] @ O
-    NR = len(eng.R)
-    A_part = np.zeros((NR, nL))
-    B_part = np.zeros((len(eng.A), nL))
-    for term in terms:
-        wname, labels = term[1], term[3]
-        wl = "ab" if wname in ("dI", "dA") else "abc"
-        pos = labels.index("I")
-        A_part += _contract(term, b.rot(term[2], (pos,)), A_w[wname], wl, "d", yr, Yr, Kr, nL)
-        if B_w is not None:
-            B_part += _contract(term, b.rot(term[2], ()), B_w[wname], "e" + wl, "e", yr, Yr, Kr, nL)
-    out = eng.Pn @ A_part
+    MT = ThEA_O @ (g[:, None] * O.T)
+    PT = np.hstack([np.eye(NE), -MT])
+    KdT = PT @ eng.K_RR[:, NE:]  # K⋄_T, (N_E, N_A)
+    yr = O.T @ y
+    Kr = O.T @ eng.Kt @ O
+
+    # T0: 𝔰_T
+    G1 = _g1(eng.stats)
+    X = _h1_finite(eng, sched) @ KdT.T
+    delta = PT @ G1[np.ix_(eng.R, eng.R)] @ PT.T - X - X.T
+
+    # T1: D, F through the NTK-slot operator Λ
+    Lam = _ntk_slot_operator(eng, sched)
+    DF4 = b.raw("D", (0, 2)) + nL * b.raw("F", (0, 1)).transpose(0, 2, 1, 3) + b.raw("F", (0, 3)).transpose(0, 2, 3, 1)
+    C = np.einsum("Jxbc,xbyc,Iy->JI", Lam, DF4, PT, optimize=True)
+    delta -= C + C.T
+
+    # T2: A, B
+    Kt = eng.Kt
+    A02, B03, B01 = b.raw("A", (0, 2)), b.raw("B", (0, 3)), b.raw("B", (0, 1))
+    LK = np.einsum("Jyde,ce->Jydc", Lam, Kt)
+    LKY = np.einsum("Jyde,ce->Jydc", Lam, nL * Kt + y @ y.T)
+    delta += np.einsum("Ixbc,xbyd,Jydc->IJ", Lam, A02, LK, optimize=True)
+    delta += np.einsum("Ixbc,xdby,Jydc->IJ", Lam, B03, LK, optimize=True)
+    delta += np.einsum("Ixbc,xybd,Jydc->IJ", Lam, B01, LKY, optimize=True)
+    Ly = np.einsum("Ixbc,ci->Ixbi", Lam, y)
+    lab = np.einsum("Ixbi,xbyd,Jydj->IiJj", Ly, A02, Ly, optimize=True)
+    lab = lab + np.einsum("Ixbj,xdby,Jydi->IiJj", Ly, B03, Ly, optimize=True)
+
+    # 𝒞^PQ,dir: A weights (row map Pn) and, at finite T, the training-residual B weights
+    A_w, B_w = sched.A, sched.B
+    Wd, Wl = _pq_direct(b, A_w["dI"], A_w["dA"], "rs", yr, Kr, nL)
+    Wd = eng.Pr @ Wd @ PT.T
+    Wl = np.einsum("ex,xjyi,fy->ejfi", eng.Pr, Wl, PT, optimize=True)
     if B_w is not None:
-        out += ThEA_O @ (B_part / h[:, None])
-    # the frozen random NTK, second order in ΔĤ: +E[ΔĤ_{Ir} ΔĤ_{rs}] g1_rs y_s + (ΘO)_{Ir} E[ΔĤ_{rm} ΔĤ_{ms}] g2_rms y_s
-    g, g1, g2 = _divided_differences(h, eta, T)
-    NE = len(eng.E)
-    for t in _reduce("AB", ("I", "r", "r", "s"), ("s",), (), {"I": "i", "r": "kr", "s": "ks"}):
-        X = b.rot(t[0], (t[1].index("I"),))
-        out += _contract((1.0, None) + t, X, g1, "rs", "d", yr, Yr, Kr, nL)[:NE]
-    for t in _reduce("AB", ("r", "m", "m", "s"), ("s",), (), {"r": "i", "m": "km", "s": "ks"}):
-        out += _contract((1.0, None) + t, b.rot(t[0], ()), g2, "rms", "d", yr, Yr, Kr, nL, extra=("dr", ThEA_O, "d"))
-    # H1: linearisation of Θ_{EA} g_T(Θ̃) y in H = Θ + H1/n
-    H1 = _h1(eng.stats)
-    H1r = O.T @ H1[np.ix_(eng.A, eng.A)] @ O
-    out += H1[np.ix_(eng.E, eng.A)] @ O @ (g[:, None] * yr) + ThEA_O @ ((g1 * H1r) @ yr)
-    return out
+        Bmap = ThEA_O / h[None, :]
+        Bd, Bl = _pq_direct(b, B_w["dI"], B_w["dA"], "xrs", yr, Kr, nL)
+        Wd = Wd + Bmap @ Bd @ PT.T
+        Wl = Wl + np.einsum("ex,xjyi,fy->ejfi", Bmap, Bl, PT, optimize=True)
+    delta += Wd + Wd.T
+    lab = lab + Wl.transpose(2, 3, 0, 1) + Wl
+
+    # 𝒞^Stein
+    kr = KdT @ O
+    for t in _finite_mean_terms(eng, sched):
+        sd, sl = t.stein(kr, yr)
+        if np.ndim(sd):
+            delta -= sd + sd.T
+        if np.ndim(sl):
+            lab = lab - sl - sl.transpose(2, 3, 0, 1)
+    return expand_outputs(delta, nL) + lab
 
 
 # ---------------------------------------------------------------------------------------------
@@ -839,7 +1145,9 @@ class _GradientBase(LearningAlgorithm):
                 f"{type(self).__name__}: the O(1/n) result is not finite. The dNTK/ddNTK statistics P..U are "
                 "undefined (NaN) for kinked activations such as ReLU at coinciding samples (σ''σ'' = δ², "
                 "docs/dntk.md), and the sums over training samples of training.md §4.5 always include them. "
-                "Use a smooth activation (tanh, GELU, …) or include_dntk=False (P..U set to zero: biased)."
+                "Use a smooth activation (tanh, GELU, …) or include_dntk=False (P..U set to zero: it keeps the "
+                "frozen-random-NTK part, which real ReLU networks do follow; their dNTK part was measured not to "
+                "scale as 1/n, see docs/learning.md 'ReLU')."
             )
 
     def _notes(self, stats) -> tuple[str, ...]:
@@ -879,10 +1187,10 @@ class GradientDescent(_GradientBase):
     evaluated in the eigenbasis of Θ̃ (training.md §8); the covariance δ_ij Σ^∞ + (1/n)[δ_ij 𝔰 + 𝒞^DF
     + 𝒞^AB + 𝒞^PQ,dir + 𝒞^Stein] of theory/trained-cov.md §1.
 
-    Finite T: the infinite-width parts are exact for any T; the O(1/n) mean follows from the same
-    first-order dynamics with time sums truncated at T (:func:`finite_steps_mean_correction`); the
-    O(1/n) covariance is implemented for T = ∞ only (``covariance_correction`` is None for finite
-    ``steps``).
+    Finite T: the infinite-width parts are exact for any T; the O(1/n) mean and covariance follow
+    from the same first-order dynamics with time sums truncated at T
+    (:func:`finite_steps_mean_correction`, :func:`finite_steps_cov_correction`; docs/learning.md);
+    as T → ∞ they tend to the converged results above.
     """
 
     name: ClassVar[str] = "gradient_descent"
@@ -917,17 +1225,16 @@ class GradientDescent(_GradientBase):
             T = int(self.steps)
             eng = self._engine(stats, train, y, test, terms_fn, corrections)
             mean, cov = _finite_steps(eng, eta, T)
-            mc = None
+            mc = cc = None
             if corrections:
-                mc = finite_steps_mean_correction(eng, eta, T) / float(stats.fan_in)
-                self._finite(mc)
-                notes.append(
-                    f"steps={T}: the O(1/n) covariance is implemented for training to convergence (steps=None) "
-                    "only; covariance_correction is None"
-                )
+                n = float(stats.fan_in)
+                mc = finite_steps_mean_correction(eng, eta, T) / n
+                cc = finite_steps_cov_correction(eng, eta, T) / n
+                cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
+                self._finite(mc, cc)
             return TrainedDistribution(
                 algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=expand_outputs(cov, y.shape[1]),
-                mean_correction=mc, condition_number=eng.cond, notes=tuple(notes),
+                mean_correction=mc, covariance_correction=cc, condition_number=eng.cond, notes=tuple(notes),
             )
         eng = self._engine(stats, train, y, test, terms_fn, corrections)
         return self._full_distribution(eng, stats, y.shape[1], corrections, tuple(notes))
@@ -971,6 +1278,86 @@ class NewtonStep(_GradientBase):
         y = validate_labels(y_train, len(train), stats.width, "y_train", "NewtonStep")
         eng = self._engine(stats, train, y, test, newton_tensors, corrections)
         return self._full_distribution(eng, stats, y.shape[1], corrections, self._notes(stats) if corrections else ())
+
+
+def _small_steps(instance, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ParameterError(
+            f"The 'steps' parameter of GiantLeapSmallStep must be an integer >= 0. Got {value!r} instead."
+        )
+
+
+@attrs.frozen(kw_only=True)
+class GiantLeapSmallStep(_GradientBase):
+    """"A small step following a giant leap" (book §∞.2.1): one Newton step, then ``steps`` GD steps.
+
+    The giant leap is :class:`NewtonStep` (learning-rate matrix (H̃)⁻¹ in sample space, H = Θ + H1/n
+    the mean NTK on the training set): it fully trains an infinite-width network, but at finite width
+    it leaves an O(1/√n) residual on the training set (the network's own NTK differs from H, and the
+    dNTK/ddNTKs bend the step).  The small steps are ordinary full-batch GD steps on the MSE loss
+    with the global rate ``learning_rate`` (same convention as :class:`GradientDescent`), which act
+    only on that residual.
+
+    Parameters
+    ----------
+    learning_rate : float
+        η of the small steps, 0 < η < 2/λ_max(Θ̃) (checked by :func:`pdlt.solve`).
+    steps : int
+        Number of small steps after the leap (default 1; 0 is :class:`NewtonStep`).
+    include_dntk : bool
+        As for :class:`GradientDescent`.
+
+    Notes
+    -----
+    Infinite width: m^∞, Σ^∞ (the leap lands on the minimiser; the small steps see zero residual).
+    O(1/n): the finite-T first-order dynamics of :class:`GradientDescent` (training.md §4.2 with
+    η → a learning-rate matrix) with the schedule M_0 = H̃⁻¹, M_1 = … = M_steps = η, all diagonal in
+    the eigenbasis of H̃ (:func:`rate_schedule`), averaged exactly as for finite-T gradient descent
+    (mean: training.md §4.5 structure; covariance: trained-cov.md §2 with the finite-T pieces,
+    docs/learning.md).  The training residual after the leap is first order, so each small step
+    multiplies it by 1 − ηH̃ (in the mean) while the dNTK moves the prediction once more; as
+    ``steps`` → ∞ the frozen-NTK part tends to that of GD to convergence, the dNTK/ddNTK part does not
+    (algorithm dependence, book §∞.2.3).
+    """
+
+    name: ClassVar[str] = "giant_leap_small_step"
+
+    learning_rate: float = attrs.field(validator=_positive_float("GiantLeapSmallStep", "learning_rate"))
+    steps: int = attrs.field(default=1, validator=_small_steps)
+
+    def check(self, stats, train) -> None:
+        limit = GradientDescent(learning_rate=1.0).stability_limit(stats, train)
+        if not self.learning_rate < limit:
+            raise ParameterError(
+                f"The 'learning_rate' parameter of GiantLeapSmallStep must be < 2/λ_max(Θ̃) = {limit:.6g} for these "
+                f"training inputs (the small gradient steps diverge above it). Got {self.learning_rate!r} instead."
+            )
+
+    def schedule(self, h: np.ndarray) -> Schedule:
+        """The per-step eigen-rates: 1/h (the leap), then η for each small step."""
+        h = np.asarray(h, dtype=float)
+        rates = np.vstack([1.0 / h[None, :], np.full((int(self.steps), h.size), float(self.learning_rate))])
+        # after the leap the mean-NTK solution is exactly H̃⁻¹ whatever H̃ is: its H1-derivative is −1/h_rh_s
+        return rate_schedule(h, rates, h1_g1=-1.0 / np.multiply.outer(h, h))
+
+    def trained_distribution(self, stats, train, y_train, test, *, corrections=True) -> TrainedDistribution:
+        y = validate_labels(y_train, len(train), stats.width, "y_train", "GiantLeapSmallStep")
+        self.check(stats, train)
+        eng = self._engine(stats, train, y, test, newton_tensors, corrections)
+        mean = eng.mean_infinite()
+        cov = expand_outputs(eng.cov_infinite(), y.shape[1])
+        mc = cc = None
+        if corrections:
+            sched = self.schedule(eng.h)
+            n = float(stats.fan_in)
+            mc = finite_steps_mean_correction(eng, None, None, schedule=sched) / n
+            cc = finite_steps_cov_correction(eng, None, None, schedule=sched) / n
+            cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
+            self._finite(mc, cc)
+        return TrainedDistribution(
+            algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov, mean_correction=mc,
+            covariance_correction=cc, condition_number=eng.cond, notes=self._notes(stats) if corrections else (),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1109,4 +1496,4 @@ class Bayesian(LearningAlgorithm):
 
 @hookimpl
 def pdlt_register_learning_algorithms():
-    return [Bayesian, GradientDescent, NewtonStep]
+    return [Bayesian, GradientDescent, NewtonStep, GiantLeapSmallStep]

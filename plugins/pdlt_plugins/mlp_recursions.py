@@ -43,11 +43,42 @@ def ntk_step(E: LayerExpectations, Theta: np.ndarray, c_w: float, lambda_b: floa
     return lambda_b + lambda_w * E.pair(0, 0) + c_w * E.pair(1, 1) * Theta
 
 
+def _leading_step(E: LayerExpectations, Theta: np.ndarray, c_b: float, c_w: float, lambda_b: float, lambda_w: float):
+    """:func:`kernel_step` and :func:`ntk_step` in place, in the buffers of ⟨σσ⟩ and ⟨σ'σ'⟩.
+
+    At leading order nothing else needs those matrices, so they become K and Θ without fresh
+    N×N arrays (whose first touch costs as much as the arithmetic), one cache-sized block of
+    rows at a time.  The operations and their order are those of the two functions, so the
+    results are identical.
+    """
+    S00 = E.release_pair(0, 0)
+    S11 = E.release_pair(1, 1)
+    N = S00.shape[0]
+    rows = max(1, (1 << 14) // N)
+    buf = np.empty((rows, N))
+    for i0 in range(0, N, rows):
+        sl = slice(i0, min(N, i0 + rows))
+        s00, th = S00[sl], S11[sl]
+        th *= c_w
+        th *= Theta[sl]  # (C_W ⟨σ'σ'⟩) Θ
+        t = np.multiply(s00, lambda_w, out=buf[: th.shape[0]])
+        t += lambda_b
+        th += t  # + (λ_b + λ_W ⟨σσ⟩)
+        s00 *= c_w
+        s00 += c_b
+    return S00, S11
+
+
 def next_layer(net, s: Statistics, ell: int, order: str, rule=None) -> Statistics:
     """Statistics of layer ℓ+1 from those of layer ℓ (``s``)."""
     h = net.hyperparameters(ell + 1)
     c_b, C, lb, lw = h["c_b"], h["c_w"], h["lambda_b"], h["lambda_w"]
     E = LayerExpectations(net.activation, s.K, rule)
+    if order == "leading":
+        K, Theta = _leading_step(E, s.Theta, c_b, C, lb, lw)
+        for x in (K, Theta):
+            x.setflags(write=False)  # handed to Statistics as is (no copy)
+        return Statistics(layer=ell + 1, width=net.widths[ell + 1], fan_in=s.width, quadrature_error=E.max_error, K=K, Theta=Theta)
     K = kernel_step(E, c_b, C)
     Theta0 = s.Theta
     Theta = ntk_step(E, Theta0, C, lb, lw)

@@ -23,15 +23,19 @@ omitted (the ~50 % ReLU discrepancy of theory/README.md).  For odd σ they vanis
 Closure.  The recursions of :func:`next_layer` (all inputs, all tensors) keep, of the O(1/n)
 coupling between two neurons, what linear and quadratic functions see (Ω and V).  The shortcut
 also couples higher Hermite components (the conditional variance of one neuron depends on the
-whole history of another); :func:`single_input_tower` treats that exactly for one input.  The
-closure error is 1–3 % on V, G1, B, F beyond the first residual layer for γ ≤ 0.8 (measured;
-docs/residual.md, which also derives every recursion and lists the checks against real networks).
+whole history of another); :func:`single_input_tower` (one input) and :func:`input_tower`
+(N inputs, kernel and NTK sectors) treat that exactly.  The closure error is 1–3 % on V, G1, B, F
+and up to ~10 % on A, H1 beyond the first residual layer for γ ≈ 0.5–0.6 (measured; docs/residual.md,
+which also derives every recursion and lists the checks against real networks).  The flow uses the
+exact tower for N ≤ 2 inputs (``ResidualMLP.tower``), computed once in :func:`first_layer` and
+handed from layer to layer.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import weakref
 
 import attrs
 import numpy as np
@@ -39,12 +43,15 @@ import numpy as np
 from pdlt.architecture import Architecture, per_layer
 from pdlt.contractions import LayerExpectations, PairOp, apply_pair_op, first_derivative_terms, fourth_contract
 from pdlt.criticality import criticality
-from pdlt.errors import NoCriticalityError, ParameterError
+from pdlt.errors import NoCriticalityError, NumericalError, ParameterError
 from pdlt.flow import Statistics
 from pdlt.hookspecs import hookimpl
 from pdlt.information import hermite_projections
 
-__all__ = ["ResidualMLP", "ResidualStatistics", "TowerLayer", "first_layer", "next_layer", "odd_tensors_vanish", "single_input_tower"]
+__all__ = [
+    "MultiTowerLayer", "ResidualMLP", "ResidualStatistics", "TowerLayer", "first_layer", "input_tower", "next_layer", "odd_tensors_vanish",
+    "single_input_tower",
+]
 
 
 def _readonly(x):
@@ -78,6 +85,13 @@ class ResidualStatistics(Statistics):
     All three vanish for odd σ and for plain (γ = 0) layers.
     """
 
+    #: Appended to the learning algorithms' "statistics missing" errors (pdlt_plugins.learning).
+    unavailable_note = (
+        "For residual networks the dNTK/ddNTK statistics P, Q, R, S, T, U are not derived (docs/residual.md): "
+        "gradient descent and the Newton step are available at infinite width (order='leading'); Bayesian "
+        "inference needs only K, V, G1 and works to O(1/n). "
+    )
+
     Omega: np.ndarray | None = attrs.field(**_arr)
     Pi: np.ndarray | None = attrs.field(**_arr)
     Phi: np.ndarray | None = attrs.field(**_arr)
@@ -110,6 +124,15 @@ class ResidualMLP(Architecture):
     xi : float or sequence of L floats, default 1
         Branch strength ξ^(ℓ) > 0.  A scalar applies to the same layers as a scalar γ; the
         others get ξ = 1.  A sequence is used as given.
+    tower : {"auto", "exact", "closure"}, default "auto"
+        How :func:`pdlt.flow` computes the O(1/n) tensors (V, G1, H1, A, B, D, F, Ω, Π, Φ).
+        "exact": the Hermite tower (:func:`input_tower` with ``ntk=True``), exact at O(1/n) up to a
+        truncation error that falls like γ^degree; cost grows steeply with the number of inputs N
+        (≈ 0.05 s for N = 1, ≈ 1 s for N = 2, ≈ 30 s for N = 3 at depth 4).
+        "closure": the closed recursions of :func:`next_layer` (fast for any N; 1–3 % off V, B, F
+        and up to ~10 % off A, H1 beyond the first residual layer for γ ≈ 0.5–0.6).
+        "auto": "exact" when N ≤ 2, some γ ≠ 0 and K^(1) is non-singular, else "closure" (for
+        γ = 0 everywhere the closure is already exact).
 
     Notes
     -----
@@ -134,6 +157,7 @@ class ResidualMLP(Architecture):
 
     gamma: float | tuple[float, ...] = attrs.field(default=0.0, converter=per_layer)
     xi: float | tuple[float, ...] = attrs.field(default=1.0, converter=per_layer)
+    tower: str = attrs.field(default="auto")
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -148,6 +172,8 @@ class ResidualMLP(Architecture):
                 )
             if not np.all(np.isfinite(np.atleast_1d(raw))):
                 raise ParameterError(f"The {pname!r} parameter of {owner} must be finite. Got {raw!r} instead.")
+        if self.tower not in TOWER_MODES:
+            raise ParameterError(f"The 'tower' parameter of {owner} must be one of {TOWER_MODES}. Got {self.tower!r} instead.")
         if np.any(np.atleast_1d(self.xi) <= 0):
             raise ParameterError(f"The 'xi' parameter of {owner} must be > 0. Got {self.xi!r} instead.")
         if isinstance(self.gamma, tuple):
@@ -249,6 +275,36 @@ def pdlt_register_architectures():
 # layer maps
 
 
+TOWER_MODES = ("auto", "exact", "closure")
+
+# Layer statistics built by the flow with the exact tower carry it here (keyed by id, dropped with the
+# object), so that next_layer can read layer ℓ+1 without a field that Flow.to_npz would try to save.
+_TOWERS: dict[int, tuple] = {}
+
+
+def _attach_tower(stats, tower) -> None:
+    key = id(stats)
+    _TOWERS[key] = (weakref.ref(stats, lambda _ref, key=key: _TOWERS.pop(key, None)), tower)
+
+
+def _tower_of(stats):
+    entry = _TOWERS.get(id(stats))
+    return entry[1] if entry is not None and entry[0]() is stats else None
+
+
+def _wants_tower(net: "ResidualMLP", X: np.ndarray) -> bool:
+    if net.tower == "closure":
+        return False
+    if net.tower == "exact":
+        return True
+    if X.shape[0] > 2 or not np.any(net.gammas != 0.0):
+        return False
+    h = net.effective_hyperparameters(1)
+    K1 = h["c_b"] + h["c_w"] * (X @ X.T) / net.widths[0]
+    ev = np.linalg.eigvalsh(K1)
+    return bool(ev[0] > 1e-8 * max(ev[-1], 1e-300))
+
+
 def _check_order(order: str) -> None:
     if order not in ("full", "leading"):
         raise ParameterError(
@@ -268,7 +324,10 @@ def first_layer(net: ResidualMLP, X: np.ndarray, order: str) -> ResidualStatisti
         N = X.shape[0]
         z2, z3, z4 = np.zeros((N, N)), np.zeros((N,) * 3), np.zeros((N,) * 4)
         fields.update(V=z4, G1=z2, H1=z2, A=z4, B=z4, D=z4, F=z4, Omega=z3, Pi=z3, Phi=z3)
-    return ResidualStatistics(layer=1, width=net.widths[1], fan_in=n0, **fields)
+    out = ResidualStatistics(layer=1, width=net.widths[1], fan_in=n0, **fields)
+    if order != "leading" and net.depth > 1 and _wants_tower(net, X):
+        _attach_tower(out, input_tower(net, X, ntk=True))
+    return out
 
 
 def odd_tensors_vanish(activation) -> bool:
@@ -334,9 +393,16 @@ def next_layer(net: ResidualMLP, s: Statistics, ell: int, order: str, rule=None)
     K = cb + C * S00 + g**2 * s.K
     Theta = lb + lw * S00 + C * S11 * s.Theta + g**2 * s.Theta
     fields = dict(K=K, Theta=Theta)
-    if order != "leading":
+    tower = _tower_of(s) if order != "leading" else None
+    if tower is not None:
+        T = tower[ell]
+        fields.update({name: getattr(T, name) for name in ("V", "G1", "H1", "A", "B", "D", "F", "Omega", "Pi", "Phi")})
+    elif order != "leading":
         fields.update(_corrections(net, E, s, C, lw, g))
-    return ResidualStatistics(layer=ell + 1, width=net.widths[ell + 1], fan_in=s.width, quadrature_error=E.max_error, **fields)
+    out = ResidualStatistics(layer=ell + 1, width=net.widths[ell + 1], fan_in=s.width, quadrature_error=E.max_error, **fields)
+    if tower is not None:
+        _attach_tower(out, tower)
+    return out
 
 
 def _get(s: Statistics, name: str, N: int) -> np.ndarray:
@@ -615,4 +681,543 @@ def single_input_tower(net: ResidualMLP, x, degree: int = 40, *, closure: bool =
                 Omega=math.sqrt(2) * K**1.5 * c[2, 1], three_point=math.sqrt(6) * K**1.5 * d[3], c=c, d=d,
             )
         )
+    return out
+
+
+# =============================================================================================
+# exact multi-input O(1/n) kernel statistics: the Hermite tower on R^N
+
+
+@attrs.frozen(kw_only=True)
+class MultiTowerLayer:
+    """Exact O(1/n) kernel statistics of one layer from :func:`input_tower` (N inputs).
+
+    Attributes
+    ----------
+    layer, fan_in : int
+    K : ndarray (N, N)
+    G1 : ndarray (N, N)
+        n(E[z_α z_β] − K_αβ).
+    V : ndarray (N, N, N, N)
+        n Cov(z_{i;α1} z_{i;α2}, z_{k;α3} z_{k;α4}), i ≠ k.
+    Omega : ndarray (N, N, N)
+        n E[z_{k;α1} z_{k;α2} z_{i;α3}], i ≠ k.
+    c : ndarray (nb, nb)
+        Two-neuron coefficients n Cov(f(z_i), g(z_k)) = Σ_AB c_AB F_A G_B, F_A = ⟨f h_A⟩_K with
+        h_A(w) = Π_j He_{a_j}(w_j)/√(a_j!) of the whitened w = L⁻¹z (K = LLᵀ, Cholesky).
+    d : ndarray (nb,)
+        One-neuron coefficients n(E f(z_i) − ⟨f⟩_K) = Σ_A d_A F_A.
+    multi_indices : ndarray (nb, N)
+    Theta, H1, A, B, D, F, Pi, Phi : ndarray or None
+        With ``ntk=True``: the NTK mean Θ, its correction H1 = n(E Ĥ_ii − Θ), and the NTK tensors in
+        the flow's index conventions (book §8–9; Π, Φ as in :mod:`pdlt_plugins.residual`):
+        A_1234 = n Cov(Ĥ_ii;12, Ĥ_kk;34), B_1234 = n E[Ĥ_ik;13 Ĥ_ik;24], D_1234 = n Cov(Ĥ_ii;12, z_k3 z_k4),
+        F_1234 = n E[Ĥ_ik;13 z_i2 z_k4], Π_123 = n E[Ĥ_ii;12 z_k3], Φ_123 = n E[Ĥ_ik;13 z_i2] (i ≠ k).
+    """
+
+    layer: int
+    fan_in: int
+    K: np.ndarray = attrs.field(eq=False)
+    G1: np.ndarray = attrs.field(eq=False)
+    V: np.ndarray = attrs.field(eq=False)
+    Omega: np.ndarray = attrs.field(eq=False)
+    c: np.ndarray = attrs.field(eq=False, repr=False)
+    d: np.ndarray = attrs.field(eq=False, repr=False)
+    multi_indices: np.ndarray = attrs.field(eq=False, repr=False)
+    Theta: np.ndarray | None = attrs.field(default=None, eq=False)
+    H1: np.ndarray | None = attrs.field(default=None, eq=False)
+    A: np.ndarray | None = attrs.field(default=None, eq=False)
+    B: np.ndarray | None = attrs.field(default=None, eq=False)
+    D: np.ndarray | None = attrs.field(default=None, eq=False)
+    F: np.ndarray | None = attrs.field(default=None, eq=False)
+    Pi: np.ndarray | None = attrs.field(default=None, eq=False)
+    Phi: np.ndarray | None = attrs.field(default=None, eq=False)
+
+
+class _Basis:
+    """Multi-indices A ∈ N^N with |A| ≤ M and the linear-algebra helpers of the tower."""
+
+    def __init__(self, N: int, M: int):
+        idx = [a for deg in range(M + 1) for a in _compositions(deg, N)]
+        self.N, self.M = N, M
+        self.A = np.array(idx, dtype=int).reshape(len(idx), N)
+        self.deg = self.A.sum(1)
+        self.pos = {tuple(a): k for k, a in enumerate(idx)}
+        self.nb = len(idx)
+        fact = np.array([math.prod(math.factorial(int(x)) for x in a) for a in self.A], dtype=float)
+        self.sqrt_fact = np.sqrt(fact)
+        # ∂/∂w_j on coefficient vectors: (D_j F)_B = √(b_j + 1) F_{B+e_j}
+        self.Dw = []
+        for j in range(N):
+            D = np.zeros((self.nb, self.nb))
+            for k, a in enumerate(self.A):
+                up = a.copy()
+                up[j] += 1
+                kk = self.pos.get(tuple(up))
+                if kk is not None:
+                    D[k, kk] = math.sqrt(a[j] + 1)
+            self.Dw.append(D)
+        # multiplication of homogeneous polynomials by w_j: monomial index maps (−1: beyond M)
+        self.times = np.full((N, self.nb), -1, dtype=int)
+        for k, a in enumerate(self.A):
+            for j in range(N):
+                up = a.copy()
+                up[j] += 1
+                self.times[j, k] = self.pos.get(tuple(up), -1)
+
+    def mehler(self, Rt: np.ndarray) -> np.ndarray:
+        """M̃_AB with E[h_A(w') | w] = Σ_B M̃_AB h_B(w) when w' = Rt w + independent noise.
+
+        E[:w'^A: | w] = :Π_i (Rt_i·w)^{a_i}: (Wick products of the conditional means), so M̃ is the
+        coefficient matrix of the product of linear forms, block-diagonal in the degree."""
+        nb = self.nb
+        P = np.zeros((nb, nb))  # P[A] = monomial coefficients of Π_i (Rt_i·w)^{a_i}
+        P[0, 0] = 1.0
+        for k in range(1, nb):
+            a = self.A[k]
+            i = int(np.nonzero(a)[0][0])
+            low = a.copy()
+            low[i] -= 1
+            prev = P[self.pos[tuple(low)]]
+            nz = np.nonzero(prev)[0]
+            row = np.zeros(nb)
+            for j in range(self.N):
+                if Rt[i, j] != 0.0:
+                    np.add.at(row, self.times[j, nz], Rt[i, j] * prev[nz])
+            P[k] = row
+        return P * self.sqrt_fact[None, :] / self.sqrt_fact[:, None]
+
+    def quadratic(self, L: np.ndarray) -> np.ndarray:
+        """Coefficients Z[α, β, :] of z_α z_β (z = L w) in the basis h_A (constant part dropped)."""
+        N = self.N
+        Z = np.zeros((N, N, self.nb))
+        for i in range(N):
+            for j in range(N):
+                e = np.zeros(N, dtype=int)
+                e[i] += 1
+                e[j] += 1
+                k = self.pos[tuple(e)]
+                coef = math.sqrt(2.0) if i == j else 1.0
+                Z[:, :, k] += coef * L[:, i][:, None] * L[:, j][None, :] * (1.0 if i == j else 1.0)
+        # for i ≠ j the (i, j) and (j, i) terms both land on h_{e_i+e_j}: L_αi L_βj + L_αj L_βi ✓
+        return Z
+
+    def linear(self, L: np.ndarray) -> np.ndarray:
+        """Coefficients Z[α, :] of z_α = Σ_i L_αi w_i."""
+        Z = np.zeros((self.N, self.nb))
+        for i in range(self.N):
+            e = np.zeros(self.N, dtype=int)
+            e[i] = 1
+            Z[:, self.pos[tuple(e)]] = L[:, i]
+        return Z
+
+    def first(self, Linv: np.ndarray) -> np.ndarray:
+        """D1[α] = ∂_{z_α} on coefficient vectors, for z = L w (∂_z = L⁻ᵀ ∂_w)."""
+        return np.array([sum(Linv[i, a] * self.Dw[i] for i in range(self.N)) for a in range(self.N)])
+
+    def second(self, Linv: np.ndarray) -> np.ndarray:
+        """D2[α, β] = ∂_{z_α}∂_{z_β} on coefficient vectors, for z = L w (∂_z = L⁻ᵀ ∂_w)."""
+        N = self.N
+        D1 = [sum(Linv[i, a] * self.Dw[i] for i in range(N)) for a in range(N)]
+        return np.array([[D1[a] @ D1[b] for b in range(N)] for a in range(N)])
+
+
+def _compositions(deg: int, N: int):
+    if N == 1:
+        yield (deg,)
+        return
+    for first in range(deg, -1, -1):
+        for rest in _compositions(deg - first, N - 1):
+            yield (first,) + rest
+
+
+def _hermite_grid(M: int, half_width: float = 10.0, panel: float = 0.25, order: int = 8):
+    """1-D composite Gauss–Legendre grid x and Ψ[k, p] = h_k(x_p) φ(x_p) w_p (k ≤ M), built from
+    the bounded Hermite functions ψ_k = h_k φ^{1/2}."""
+    n_pan = int(round(2 * half_width / panel))
+    brk = np.linspace(-half_width, half_width, n_pan + 1)
+    xg, wg = np.polynomial.legendre.leggauss(order)
+    a, b = brk[:-1, None], brk[1:, None]
+    x = (0.5 * (b - a) * xg + 0.5 * (a + b)).ravel()
+    w = (0.5 * (b - a) * wg).ravel()
+    psi0 = np.exp(-0.25 * x * x) / (2 * math.pi) ** 0.25
+    Psi = np.empty((M + 1, x.size))
+    prev, cur = np.zeros_like(x), psi0
+    for k in range(M + 1):
+        Psi[k] = cur
+        nxt = (x * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
+        prev, cur = cur, nxt
+    return x, Psi * psi0 * w
+
+
+def _project_products(act, L: np.ndarray, basis: _Basis, grid, kinds=((0, 0), (0, 1), (1, 1)),
+                      max_points: int = 2_000_000) -> dict[tuple[int, int], np.ndarray]:
+    """{(d1, d2): P[A, a, b] = ⟨σ^(d1)(z_a) σ^(d2)(z_b) h_A⟩_K}, constant component included, on the
+    tensor grid in w = L⁻¹z.  The grid is visited in slabs of the first axis of at most
+    ``max_points`` points, so that memory stays bounded for three or more inputs."""
+    x, Psi = grid
+    N, m = L.shape[0], x.size
+    step = max(1, max_points // m ** (N - 1))
+    sel = tuple(basis.A.T)
+    out = {kd: np.zeros((basis.nb, N, N)) for kd in kinds}
+    orders = sorted({o for kd in kinds for o in kd})
+    for s0 in range(0, m, step):
+        xs = x[s0 : s0 + step]
+        mesh = np.stack(np.meshgrid(xs, *([x] * (N - 1)), indexing="ij"), axis=-1)
+        zz = mesh @ L.T
+        vals = {o: np.asarray(act(zz) if o == 0 else act.derivative(zz, o), dtype=float) for o in orders}
+        for d1, d2 in kinds:
+            P = out[(d1, d2)]
+            for a in range(N):
+                for b in range(N):
+                    if d1 == d2 and b < a:
+                        continue
+                    T = vals[d1][..., a] * vals[d2][..., b]
+                    for k in range(N):  # contract the last grid axis each time; the slab axis comes last
+                        T = np.tensordot(Psi if k < N - 1 else Psi[:, s0 : s0 + step], T, axes=([1], [N - 1]))
+                    P[:, a, b] += T[sel]
+    for d1, d2 in kinds:
+        if d1 == d2:
+            P = out[(d1, d2)]
+            iu = np.triu_indices(N, 1)
+            P[:, iu[1], iu[0]] = P[:, iu[0], iu[1]]
+    return out
+
+
+class _NTKTower:
+    """State and layer map of the NTK side of the multi-input tower (docs/residual.md, "The NTK tower").
+
+    Atoms of one neuron i of layer ℓ: K(h_A) = h_A(w_i) and H_p(h_A) = Ĥ_ii;p h_A(w_i) (p = (α ≤ β)).
+    Tracked at O(1/n) (fan-in n): the two-neuron covariance ``CE`` of all atoms (blocks c, e, A), the
+    one-neuron NTK correction ``ah[p, A]`` = n(E[Ĥ_ii;p h_A] − Θ_p⟨h_A⟩), the off-diagonal
+    ``phi[α, β]`` = n E[Ĥ_ik;αβ f(z_i) g(z_k)] and, at leading order, ``b[α, β, γ, δ]`` =
+    n E[Ĥ_ik;αβ Ĥ_ik;γδ f(z_i) g(z_k)] (bilinear forms on Hermite coefficients, i ≠ k).
+    """
+
+    def __init__(self, N: int, nb: int, Theta: np.ndarray):
+        self.N, self.nb = N, nb
+        self.pairs = [(a, b) for a in range(N) for b in range(a, N)]
+        self.nH = len(self.pairs)
+        nE = nb * (1 + self.nH)
+        self.Theta = Theta
+        self.CE = np.zeros((nE, nE))
+        self.ah = np.zeros((self.nH, nb))
+        self.phi = np.zeros((N, N, nb, nb))
+        self.b = np.zeros((N, N, N, N, nb, nb))
+
+    def blk(self, t: int) -> slice:
+        return slice(t * self.nb, (t + 1) * self.nb)
+
+    def step(self, *, E, proj, Mt, D1n, D2n, d, dn, r, g, xi, Cw, lb, lw):
+        """Map the state to layer ℓ+1 (raw C_W, λ_b, λ_W of layer ℓ+1; ``E`` the Gaussian engine at K,
+        ``proj`` from :func:`_project_products`, ``Mt`` the Mehler matrix, ``D1n``/``D2n`` the first
+        and second derivative operators at K'); ``d`` is the kernel tower's one-neuron vector at ℓ,
+        ``dn`` at ℓ+1.  Returns the kernel block of the new two-neuron covariance."""
+        N, nb, nH, pairs, blk = self.N, self.nb, self.nH, self.pairs, self.blk
+        Th, CE, ah, phi, bb = self.Theta, self.CE, self.ah, self.phi, self.b
+        x2 = xi * xi
+        e0 = np.zeros(nb)
+        e0[0] = 1.0
+        P00, P01, P11 = proj[(0, 0)], proj[(0, 1)], proj[(1, 1)]  # ⟨σσ h⟩, ⟨σσ' h⟩, ⟨σ'σ' h⟩ (full)
+        S0 = P00.copy()
+        S0[0] = 0.0
+        S00, S11 = E.pair(0, 0), E.pair(1, 1)
+        q0000, q0011, q1111 = E.quad((0, 0, 0, 0)), E.quad((0, 0, 1, 1)), E.quad((1, 1, 1, 1))
+        q0110, q0101 = E.quad((0, 1, 1, 0)), E.quad((0, 1, 0, 1))
+        Thp = np.array([Th[a, b] for a, b in pairs])
+        Lam = x2 * (lb + lw * S00 + Cw * S11 * Th)  # Θ' − γ²Θ
+        Thn = Lam + g * g * Th
+        Lamp, Thnp = np.array([Lam[a, b] for a, b in pairs]), np.array([Thn[a, b] for a, b in pairs])
+        p1 = D1n[:, 0, :]  # ⟨∂_ρ h_A⟩ at K'
+        p2 = D2n[:, :, 0, :]  # ⟨∂_ρ∂_τ h_A⟩ at K'
+        nE, nG = CE.shape[0], N * N + nH
+
+        # globals Σ̂_ρτ = (1/n)Σ_j σ_ρσ_τ(z_j) (ordered ρτ) and Ŝ'_p = (1/n)Σ_j σ'σ'(z_j)Ĥ_jj;p
+        G = np.zeros((nE, nG))
+        for ro in range(N):
+            for ta in range(N):
+                G[blk(0), ro * N + ta] = S0[:, ro, ta]
+        for k, (a, b_) in enumerate(pairs):
+            G[blk(1 + k), N * N + k] = P11[:, a, b_]
+        u = np.concatenate([[1.0], Thp])
+        I0 = np.ones(nb)
+        I0[0] = 0.0
+        SigG = np.zeros_like(G)  # one-neuron (self) covariance of the atoms with the globals
+        Gsum = sum(u[t] * I0[:, None] * G[blk(t)] for t in range(1 + nH))
+        for t in range(1 + nH):
+            SigG[blk(t)] = u[t] * Gsum
+        SGG = np.zeros((nG, nG))
+        SGG[: N * N, : N * N] = (q0000 - _outer(S00, S00)).reshape(N * N, N * N)
+        pa, pb = np.array(pairs, dtype=int).T
+        cs = Thp * (q0011[:, :, pa, pb] - S00[:, :, None] * S11[pa, pb])
+        SGG[: N * N, N * N :] = cs.reshape(N * N, nH)
+        SGG[N * N :, : N * N] = SGG[: N * N, N * N :].T
+        SGG[N * N :, N * N :] = np.outer(Thp, Thp) * (
+            q1111[pa[:, None], pb[:, None], pa[None, :], pb[None, :]] - np.outer(S11[pa, pb], S11[pa, pb])
+        )
+        CG = CE @ G
+        LocG = SigG + r * CG  # n Cov(atom of neuron i, globals)
+        GG = SGG + r * G.T @ CG  # n Cov(globals, globals)
+
+        # linear representation of the atoms of layer ℓ+1: δX' = Lm δa_i + Gm δglob
+        Lm = np.zeros((nE, nE))
+        Gm = np.zeros((nE, nG))
+        Lm[blk(0), blk(0)] = Mt
+        gK = 0.5 * x2 * Cw * p2.reshape(N * N, nb).T  # (nb, N²): ½ξ²C_W⟨∂_ρ∂_τ f⟩
+        Gm[blk(0), : N * N] = gK
+        for k, (a, b_) in enumerate(pairs):
+            Lm[blk(1 + k), blk(0)] = Lamp[k] * Mt
+            Lm[blk(1 + k), blk(1 + k)] = g * g * Mt
+            Gm[blk(1 + k), : N * N] = Thnp[k] * gK
+            Gm[blk(1 + k), a * N + b_] += x2 * lw * e0
+            Gm[blk(1 + k), N * N + k] = x2 * Cw * e0
+        LG = Lm @ LocG @ Gm.T
+        CEn = r * Lm @ CE @ Lm.T + LG + LG.T + Gm @ GG @ Gm.T
+
+        # one-neuron NTK correction, for every ordered (α, β) (symmetric), then kept on the pairs p
+        Pv = P01.transpose(1, 2, 0)  # [ρ, α, A] = ⟨σ_ρσ'_α h_A⟩
+        covK = Mt @ LocG[blk(0)] + Gm[blk(0)] @ GG  # (nb, nG): n Cov(f(z'_i), globals)
+        pid = np.empty((N, N), dtype=int)
+        for k, (a, b_) in enumerate(pairs):
+            pid[a, b_] = pid[b_, a] = k
+        ahf = ah[pid]  # (N, N, nb)
+        Eab = np.stack([CE[blk(1 + k), blk(0)] for k in range(nH)])[pid]  # e_αβ(f, g): (N, N, nb, nb)
+        c_ = CE[blk(0), blk(0)]
+        Qf = P11.transpose(1, 2, 0)  # [α, β, A] = ⟨σ'_ασ'_β h_A⟩
+        sel_S = np.arange(N * N).reshape(N, N)
+        sel_Q = N * N + pid
+        v = Thn[:, :, None] * dn
+        v += x2 * lw * (r * np.einsum("A,Aab->ab", d, S0)[:, :, None] * e0 + np.moveaxis(covK[:, sel_S], 0, -1))
+        v += x2 * Cw * (r * np.einsum("abA,Aab->ab", ahf, P11)[:, :, None] * e0 + np.moveaxis(covK[:, sel_Q], 0, -1))
+        w3 = Th[:, :, None, None] * np.einsum("raBt->aBrt", q0110) + r * np.einsum("raA,abAB,tbB->abrt", Pv, phi, Pv, optimize=True)
+        v += x2 * x2 * Cw * Cw * np.einsum("abrt,rtA->abA", w3, p2)
+        if g != 0.0:
+            w4 = Th[:, :, None, None] * (Pv.transpose(1, 0, 2)[:, None] + Pv.transpose(1, 0, 2)[None, :])
+            w4 = w4 + r * (np.einsum("abAB,raA->abrB", phi, Pv) + np.einsum("baAB,rbA->abrB", phi, Pv))
+            v += x2 * g * Cw * np.einsum("rBA,abrB->abA", D1n, w4 @ Mt.T)
+            v += g * g * r * (ahf - Th[:, :, None] * d) @ Mt.T
+            eS = np.einsum("abAB,Brt->abrtA", Eab - Th[:, :, None, None] * c_, S0)
+            v += g * g * 0.5 * x2 * Cw * r * np.einsum("rtBA,abrtB->abA", D2n, eS @ Mt.T)
+        ahn = np.stack([v[a, b_] for a, b_ in pairs])
+
+        # off-diagonal NTK: φ (O(1/n)) and b (leading order); all ordered index tuples at once
+        phin = r * g * g * Mt @ phi @ Mt.T
+        left = Th[:, :, None, None] * Pv.transpose(1, 0, 2)[:, None] + r * np.einsum("abAB,raA->abrB", phi, Pv)
+        right = Th[:, :, None, None] * Pv.transpose(1, 0, 2)[None, :] + r * np.einsum("abAB,rbB->abrA", phi, Pv)
+        phin += x2 * g * Cw * (np.einsum("rA,abrB->abAB", p1, left @ Mt.T) + np.einsum("abrA,rB->abAB", right @ Mt.T, p1))
+        w = Th[:, :, None, None] * np.einsum("ratb->abrt", q0101) + r * np.einsum("raA,abAB,tbB->abrt", Pv, phi, Pv, optimize=True)
+        phin += x2 * x2 * Cw * Cw * np.einsum("abrt,rA,tB->abAB", w, p1, p1, optimize=True)
+        TT = Th[:, :, None, None] * Th[None, None, :, :]
+        Qac, Qbd = Qf[:, None, :, None, :], Qf[None, :, None, :, :]  # σ'_ασ'_γ on neuron i, σ'_βσ'_δ on k
+        bn = np.zeros_like(bb)
+        bn[..., 0, 0] = x2 * x2 * Cw * Cw * (TT * q1111 + r * np.einsum("acA,abcdAB,bdB->abcd", Qf, bb, Qf, optimize=True))
+        if g != 0.0:
+            rowv = TT[..., None] * Qac + r * np.einsum("abcdAB,acA->abcdB", bb, Qf)
+            colv = TT[..., None] * Qbd + r * np.einsum("abcdAB,bdB->abcdA", bb, Qf)
+            bn[..., 0, :] += x2 * g * g * Cw * (rowv @ Mt.T)
+            bn[..., :, 0] += x2 * g * g * Cw * (colv @ Mt.T)
+            bn += r * g**4 * Mt @ bb @ Mt.T
+        self.Theta, self.CE, self.ah, self.phi, self.b = Thn, CEn, ahn, phin, bn
+        return CEn[blk(0), blk(0)]
+
+    def truncate_to_closure(self, deg: np.ndarray, d: np.ndarray) -> None:
+        """Keep what the closed recursions of :func:`next_layer` track, in the fluctuation variables
+        ΔĤ = Ĥ − Θ: n Cov(ΔĤ_ii f(z_i), g(z_k)) for f = 1 and deg g ≤ 2 (D, Π), n Cov(ΔĤ_ii, ΔĤ_kk) (A),
+        n E[ΔĤ_ii f(z_i)] for deg f ≤ 2 (H1, Π + 2Φ, D + 2F), φ for degrees ≤ 1 (F, Φ) and b for
+        degree 0 (B).  ``deg`` are the total degrees of the basis, ``d`` the truncated kernel d."""
+        nb, nH, blk, CE = self.nb, self.nH, self.blk, self.CE
+        Thp = np.array([self.Theta[a, b_] for a, b_ in self.pairs])
+        c = CE[blk(0), blk(0)]
+        eh = [CE[blk(1 + k), blk(0)] - Thp[k] * c for k in range(nH)]
+        Ah = [[CE[blk(1 + k), blk(1 + m)] - Thp[k] * Thp[m] * c - Thp[k] * eh[m].T - Thp[m] * eh[k] for m in range(nH)]
+              for k in range(nH)]
+        row0 = deg == 0
+        keep_e = np.outer(row0, deg <= 2)
+        keep_A = np.outer(row0, row0)
+        for k in range(nH):
+            eh[k] = np.where(keep_e, eh[k], 0.0)
+        for k in range(nH):
+            CE[blk(1 + k), blk(0)] = Thp[k] * c + eh[k]
+            CE[blk(0), blk(1 + k)] = CE[blk(1 + k), blk(0)].T
+            for m in range(nH):
+                CE[blk(1 + k), blk(1 + m)] = (Thp[k] * Thp[m] * c + Thp[k] * eh[m].T + Thp[m] * eh[k]
+                                              + np.where(keep_A, Ah[k][m], 0.0))
+        at = self.ah - Thp[:, None] * d
+        at[:, deg > 2] = 0.0
+        self.ah = at + Thp[:, None] * d
+        lin = deg <= 1
+        self.phi = np.where(np.outer(lin, lin), self.phi, 0.0)
+        self.b = np.where(np.outer(row0, row0), self.b, 0.0)
+
+    def tensors(self, Z1: np.ndarray, Z2: np.ndarray) -> dict:
+        """Θ, H1, A, B, D, F, Π, Φ of the current layer in the flow's conventions."""
+        N, nH, blk = self.N, self.nH, self.blk
+        pid = np.empty((N, N), dtype=int)
+        for k, (a, b_) in enumerate(self.pairs):
+            pid[a, b_] = pid[b_, a] = k
+        A0 = np.array([[self.CE[k * self.nb + self.nb, m * self.nb + self.nb] for m in range(nH)] for k in range(nH)])
+        erow = np.stack([self.CE[blk(1 + k), blk(0)][0] for k in range(nH)])[pid]  # (N, N, nb): e_αβ(1, ·)
+        return dict(
+            Theta=self.Theta.copy(),
+            H1=self.ah[pid, 0],
+            A=A0[pid[:, :, None, None], pid[None, None, :, :]],
+            B=np.einsum("prqs->pqrs", self.b[..., 0, 0]),
+            D=np.einsum("abA,cdA->abcd", erow, Z2),
+            F=np.einsum("qA,prAB,sB->pqrs", Z1, self.phi, Z1),
+            Pi=np.einsum("abA,cA->abc", erow, Z1),
+            Phi=np.einsum("qA,prA->pqr", Z1, self.phi[..., 0]),
+        )
+
+
+def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool = False, ntk: bool = False,
+                grid_half_width: float = 10.0, grid_panel: float | None = None) -> list[MultiTowerLayer]:
+    """Exact O(1/n) statistics of a residual MLP for N inputs (Hermite tower on R^N): K, G1, V, Ω and,
+    with ``ntk=True``, Θ, H1, A, B, D, F, Π, Φ.
+
+    Generalises :func:`single_input_tower` to several inputs: the two-neuron coupling
+    n Cov(f(z_i), g(z_k)) and the one-neuron correction n(E f(z_i) − ⟨f⟩_K) are tracked as
+    coefficient matrices on the multivariate Hermite basis h_A(L⁻¹z) of total degree ≤ ``degree``
+    (book App. B; docs/residual.md "The multi-input tower").
+
+    Parameters
+    ----------
+    net : ResidualMLP
+    X : array_like (N, n_0)
+        Inputs with a non-singular kernel K^(1).
+    degree : int ≥ 4 or None
+        Hermite truncation M; None: 40 for N = 1, 20 for N = 2, 12 for N = 3, 8 otherwise (with
+        ``ntk=True``: 40, 16, 8, 6).  The neglected couplings fall like γ^M.
+    closure : bool
+        Keep only what the closed recursions of :func:`next_layer` track (two-neuron degree ≤ 2,
+        one-neuron degree ≤ 4; with ``ntk``: :meth:`_NTKTower.truncate_to_closure`); then the tensors
+        reproduce the flow's closed recursions (up to the grid quadrature error).
+    ntk : bool
+        Also the exact NTK sector Θ, H1, A, B, D, F, Π, Φ (docs/residual.md, "The NTK tower"); this is
+        what :func:`pdlt.flow` uses for a :class:`ResidualMLP` with ``tower="auto"`` and N ≤ 2.
+    grid_half_width, grid_panel : float
+        Tensor composite Gauss–Legendre grid on [−w, w]^N in whitened coordinates (8 nodes per
+        panel; default panel 0.25 for N ≤ 2, 0.5 for N ≥ 3).
+
+    Returns
+    -------
+    list of MultiTowerLayer, layers 1..L.
+
+    Notes
+    -----
+    With T f(x) = E_u f(γx + ξu), u ~ N(0, G), G = C_b + C_W⟨σσ⟩_K, acting on Hermite coefficients by
+    the multivariate Mehler matrix M̃ (cross-covariance R = L⁻¹γK L'⁻ᵀ), S[A, αβ] = ⟨σ_ασ_β h_A⟩_K,
+    v = Cov_K(σσ, σσ), P[A, αβ] = ½ξ²⟨∂_α∂_β h_A⟩_{K'}, r = n_ℓ/n_{ℓ−1} and C = C_W (branch):
+
+        Γ  = C M̃ (S + r c S),   W = C² (v + r Sᵀ c S)                     (n Cov(Tf, Ĝ), n Var Ĝ)
+        c' = r M̃ c M̃ᵀ + Γ Pᵀ + P Γᵀ + P W Pᵀ
+        d' = r M̃ d + r C P Sᵀ d + Σ_αβ ½ξ² D_αβᵀ Γ[:, αβ] + ½ Σ (½ξ²)² (D_αβ D_γδ)[0, :] W_{αβ,γδ}
+
+    (D_αβ: ∂_α∂_β at K' on coefficient vectors).  V = Z_12ᵀ c Z_34, Ω = Z_12ᵀ c Z_3, G1 = Z_12·d.
+    The NTK sector (:class:`_NTKTower`) extends the atoms f(z_i) by Ĥ_ii;αβ f(z_i) and tracks the
+    off-diagonal n E[Ĥ_ik f g] (φ) and n E[Ĥ_ik Ĥ_ik f g] (b); its recursions are in docs/residual.md.
+
+    Raises
+    ------
+    ParameterError
+        ``net`` is not a ResidualMLP, ``X`` has the wrong shape or gives a singular kernel,
+        or ``degree`` < 4.
+    NumericalError
+        The NTK tower's kernel block disagrees with the kernel tower (an internal consistency check).
+    """
+    if not isinstance(net, ResidualMLP):
+        raise ParameterError(f"The 'net' parameter of input_tower must be a ResidualMLP. Got {net!r} instead.")
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    if X.ndim != 2 or X.shape[1] != net.input_dim or not np.all(np.isfinite(X)):
+        raise ParameterError(
+            f"The 'X' parameter of input_tower must be finite inputs of shape (N, {net.input_dim}). Got shape {np.shape(X)} instead."
+        )
+    N = X.shape[0]
+    if degree is None:
+        M = ({1: 40, 2: 16, 3: 8}.get(N, 6) if ntk else {1: 40, 2: 20, 3: 12}.get(N, 8))
+    else:
+        M = int(degree)
+    if M < 4:
+        raise ParameterError(f"The 'degree' parameter of input_tower must be >= 4. Got {degree!r} instead.")
+    basis = _Basis(N, M)
+    grid = _hermite_grid(M, grid_half_width, grid_panel if grid_panel is not None else (0.25 if N <= 2 else 0.5))
+    act = net.activation
+    h1 = net.effective_hyperparameters(1)
+    K = h1["c_b"] + h1["c_w"] * (X @ X.T) / net.widths[0]
+    nb = basis.nb
+    c, d = np.zeros((nb, nb)), np.zeros(nb)
+
+    def chol(Kmat, ell):
+        try:
+            return np.linalg.cholesky(Kmat)
+        except np.linalg.LinAlgError:
+            raise ParameterError(
+                f"The 'X' parameter of input_tower must give a non-singular kernel; K^({ell}) is singular "
+                f"(eigenvalues {np.linalg.eigvalsh(Kmat).tolist()}). Remove (nearly) coinciding inputs."
+            ) from None
+
+    def stats(ell, Kmat, c, d):
+        Lm = chol(Kmat, ell)
+        Z2, Z1 = basis.quadratic(Lm), basis.linear(Lm)
+        V = np.einsum("abk,kl,cdl->abcd", Z2, c, Z2)
+        Om = np.einsum("abk,kl,cl->abc", Z2, c, Z1)
+        G1 = Z2 @ d
+        extra = ntk_state.tensors(Z1, Z2) if ntk_state is not None else {}
+        if odd:  # σ odd: the three-point tensors vanish identically (drop the grid's rounding residue)
+            Om = np.zeros_like(Om)
+            extra.update({k: np.zeros_like(extra[k]) for k in ("Pi", "Phi") if k in extra})
+        return MultiTowerLayer(layer=ell, fan_in=net.widths[ell - 1], K=Kmat, G1=G1, V=V, Omega=Om, c=c, d=d,
+                               multi_indices=basis.A, **extra)
+
+    odd = odd_tensors_vanish(act)
+    ntk_state = _NTKTower(N, nb, h1["lambda_b"] + h1["lambda_w"] * (X @ X.T) / net.widths[0]) if ntk else None
+    out = [stats(1, K, c, d)]
+    low2 = basis.deg <= 2
+    low4 = basis.deg <= 4
+    for ell in range(1, net.depth):
+        hp = net.hyperparameters(ell + 1)
+        g, xi, Cw, Cb = hp["gamma"], hp["xi"], hp["c_w"], hp["c_b"]
+        r = net.widths[ell] / net.widths[ell - 1]
+        L = chol(K, ell)
+        proj = _project_products(act, L, basis, grid, ((0, 0), (0, 1), (1, 1)) if ntk_state is not None else ((0, 0),))
+        S = proj[(0, 0)].reshape(nb, N * N).copy()
+        S[0] = 0.0
+        E = LayerExpectations(act, K)  # the flow's Gaussian engine for ⟨σσ⟩ and Cov(σσ, σσ)
+        mean_ss = E.pair(0, 0)
+        v = (E.quad((0, 0, 0, 0)) - _outer(mean_ss, mean_ss)).reshape(N * N, N * N)
+        Kn = g**2 * K + xi**2 * (Cb + Cw * mean_ss)
+        Ln = chol(Kn, ell + 1)
+        Lninv = np.linalg.inv(Ln)
+        Rt = (g * Lninv @ K @ np.linalg.inv(L).T) if g != 0.0 else np.zeros((N, N))  # Cov(w', w)
+        Mt = basis.mehler(Rt)
+        D2 = basis.second(Lninv)  # (N, N, nb, nb)
+        h = 0.5 * xi**2
+        P = h * D2[:, :, 0, :].reshape(N * N, nb).T  # P[A, αβ]
+        cS = c @ S
+        Gam = Cw * Mt @ (S + r * cS)
+        W = Cw**2 * (v + r * S.T @ cS)
+        cn = r * Mt @ c @ Mt.T + Gam @ P.T + P @ Gam.T + P @ W @ P.T
+        dn = r * Mt @ d + r * Cw * P @ (S.T @ d)
+        D2f = D2.reshape(N * N, nb, nb)
+        dn += h * np.einsum("pkA,kp->A", D2f, Gam)
+        DD0 = np.einsum("pk,qkA->pqA", D2f[:, 0, :], D2f)  # (D_p D_q)[0, A]
+        dn += 0.5 * h**2 * np.einsum("pqA,pq->A", DD0, W)
+        if closure:
+            cn[~low2, :] = 0.0
+            cn[:, ~low2] = 0.0
+            dn[~low4] = 0.0
+        if ntk_state is not None:
+            cE = ntk_state.step(E=E, proj=proj, Mt=Mt, D1n=basis.first(Lninv), D2n=D2, d=d, dn=dn,
+                                r=r, g=g, xi=xi, Cw=Cw, lb=hp["lambda_b"], lw=hp["lambda_w"])
+            if closure:
+                cE[~low2, :] = 0.0
+                cE[:, ~low2] = 0.0
+                ntk_state.CE[:nb, :nb] = cE
+                ntk_state.truncate_to_closure(basis.deg, dn)
+            if not np.allclose(cE, cn, rtol=1e-8, atol=1e-10 * max(1.0, float(np.abs(cn).max()))):
+                raise NumericalError(f"input_tower: the NTK tower's kernel block disagrees with the kernel tower at layer {ell + 1} "
+                                     f"(max difference {float(np.abs(cE - cn).max()):.3g}).")
+        c, d, K = cn, dn, Kn
+        out.append(stats(ell + 1, K, c, d))
     return out

@@ -331,3 +331,89 @@ def test_bad_inputs_files_exit_2(tmp_path, capsys):
 def test_usage_errors_exit_2(capsys, argv):
     code, _, err = run(capsys, *argv)
     assert code == 2 and "usage:" in err
+
+
+# ----------------------------------------------------------------------------- training
+def test_default_job_shows_trained_networks(capsys, monkeypatch):
+    monkeypatch.setenv(cli.ENSEMBLE_SIZE_ENV, "100")
+    d, _ = run_json(capsys, "--no-progress")
+    tr = d["training"]
+    assert isinstance(tr, dict), tr
+    assert tr["network"]["widths"] == [1, 32, 1] and tr["ensemble"]["size"] == 200
+    assert tr["X_train"] == [[-0.5], [0.5]] and tr["X_test"] == [[-1.0]]
+    obs = tr["observables"]
+    assert set(obs) == {"trained_mean", "trained_variance"}
+    # the same numbers as the API: pdlt.solve with gradient descent at half the stability limit
+    net = pdlt.MLP(input_dim=1, hidden_widths=[32], activation=pdlt.activation("tanh"), c_b=0.0, c_w=1.0)
+    Xa, ya, Xb, _ = data.regression_1d(n_train=2, n_test=1, design="grid")
+    dist = pdlt.solve(net, pdlt.GradientDescent(learning_rate=tr["algorithm"]["learning_rate"]), Xa, ya, Xb,
+                      warn_regime=False)
+    np.testing.assert_allclose(obs["trained_mean"]["theory"], dist.mean, rtol=1e-10)
+    np.testing.assert_allclose(obs["trained_mean"]["infinite_width"], dist.mean_infinite, rtol=1e-10)
+    assert abs(obs["trained_mean"]["z"][0][0]) < 5
+
+
+def test_default_job_text_has_training_table(capsys, monkeypatch):
+    monkeypatch.setenv(cli.ENSEMBLE_SIZE_ENV, "100")
+    code, out, err = run(capsys, "--no-progress")
+    assert code == 0, err
+    assert "trained network: theory vs real networks" in out
+    assert "E[z(x=-1)]" in out and "Var[z(x=-1)]" in out and "z (∞)" in out
+    code, out, err = run(capsys, "--no-progress", "--no-train")
+    assert code == 0 and "trained network" not in out
+
+
+def test_default_job_reports_training_unavailable_for_relu(capsys, monkeypatch):
+    monkeypatch.setenv(cli.ENSEMBLE_SIZE_ENV, "50")
+    code, out, err = run(capsys, "--no-progress", "-a", "relu", "--depth", "2", "--width", "6")
+    assert code == 0, err
+    assert "unavailable for this network" in out
+
+
+def test_train_leading_json_and_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "t.png"
+    d, err = run_json(capsys, "train", "--leading", "--n-test", "7", "--plot", str(png))
+    assert png.is_file() and png.stat().st_size > 1000
+    assert d["command"] == "train" and d["mean_correction"] is None
+    assert np.array(d["mean_infinite"]).shape == (7, 1)
+    assert d["algorithm"]["name"] == "gradient_descent"
+    # η defaults to half the stability limit: the mean does not depend on it at convergence
+    net = pdlt.MLP(input_dim=1, hidden_widths=[32], activation=pdlt.activation("tanh"), c_b=0.0, c_w=1.0)
+    Xa, ya, Xb, _ = data.regression_1d(2, 7, design="grid")
+    ref = pdlt.solve(net, pdlt.GradientDescent(learning_rate=0.1), Xa, ya, Xb, order="leading")
+    np.testing.assert_allclose(d["mean_infinite"], ref.mean_infinite, rtol=1e-10, atol=1e-12)
+
+
+def test_train_with_corrections_and_ensemble(capsys):
+    code, out, err = run(capsys, "train", "--n-test", "1", "--ensemble", "200", "--no-progress")
+    assert code == 0, err
+    assert "mean (1/n)" in out and "200 real networks trained" in out and "z (1/n)" in out
+
+
+def test_train_bayesian_and_files(capsys, tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("x,y\n-0.5,-1\n0.7,0.4\n")
+    test = tmp_path / "test.csv"
+    test.write_text("0.2\n")
+    d, _ = run_json(capsys, "train", "--algorithm", "bayesian", "--noise-variance", "0.1", "--train-file", str(train),
+                    "--test-file", str(test))
+    assert d["algorithm"]["noise_variance"] == 0.1 and np.array(d["mean"]).shape == (1, 1)
+    assert d["mean_correction"] is not None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "sine"], "Did you mean 'sin'"),
+    (["train", "--test-file", "x.csv"], "--test-file needs --train-file"),
+    (["train", "--algorithm", "bayesian", "--ensemble", "10", "--leading"], "--ensemble trains real networks"),
+    (["train", "--algorithm", "gradient_descnt"], "Did you mean 'gradient_descent'"),
+])
+def test_train_errors_say_what_to_fix(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err
+
+
+def test_plugins_lists_observables(capsys):
+    d, _ = run_json(capsys, "plugins")
+    names = {e["name"] for e in d["observables"]}
+    assert {"non_gaussianity", "test_mse", "trained_mean"} <= names

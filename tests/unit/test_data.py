@@ -183,3 +183,51 @@ def test_load_missing_file_and_bad_path(tmp_path):
     with pytest.raises(ParameterError, match="file path"):
         data.load(3.5)
     assert issubclass(ParameterError, ValueError)
+
+
+# ----------------------------------------------------------------------------- grid design and diabetes
+def test_regression_1d_grid_design():
+    from pdlt import data
+
+    Xa, ya, Xb, yb = data.regression_1d(n_train=4, n_test=3, design="grid")
+    np.testing.assert_allclose(Xa[:, 0], [-0.75, -0.25, 0.25, 0.75])
+    np.testing.assert_allclose(ya[:, 0], np.sin(np.pi * Xa[:, 0]))
+    np.testing.assert_allclose(Xb[:, 0], [-1.0, 0.0, 1.0])
+    with pytest.raises(pdlt.ParameterError, match="'design'"):
+        data.regression_1d(design="sobol")
+
+
+def test_diabetes_is_a_standardised_fixed_split():
+    pytest.importorskip("sklearn")
+    from pdlt import data
+
+    Xa, ya, Xb, yb = data.diabetes(n_train=30, n_test=12)
+    assert Xa.shape == (30, 10) and ya.shape == (30, 1) and Xb.shape == (12, 10) and yb.shape == (12, 1)
+    assert not Xa.flags.writeable and np.all(np.isfinite(Xa))
+    again = data.diabetes(n_train=30, n_test=12)
+    np.testing.assert_array_equal(again[0], Xa)
+    full = np.vstack(data.diabetes(n_train=400, n_test=42)[::2])
+    np.testing.assert_allclose(full.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(full.std(axis=0), 1.0, rtol=1e-12)
+    assert data.diabetes(5, 5, features=3)[0].shape == (5, 3)
+    with pytest.raises(pdlt.ParameterError, match="442"):
+        data.diabetes(n_train=400, n_test=100)
+    with pytest.raises(pdlt.ParameterError, match="'features'"):
+        data.diabetes(features=11)
+
+
+def test_diabetes_without_sklearn(monkeypatch):
+    import builtins
+
+    from pdlt import data
+
+    real_import = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError("no sklearn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(pdlt.MissingDependencyError, match="scikit-learn"):
+        data.diabetes()

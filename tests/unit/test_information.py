@@ -94,6 +94,12 @@ def test_residual_growth_rate():
     assert optimal_aspect_ratio(relu, 1, gamma=0.99) > 10 * optimal_aspect_ratio(relu, 1)
     with pytest.raises(ParameterError):
         growth_rate(relu, 1.0)
+    # the residual shift of r* (docs/information.md table): ReLU r* first falls (the three-point
+    # function adds coherently), then rises as γ → 1; tanh r* only rises
+    table = {(relu, 0.0): 0.0348, (relu, 0.5): 0.0268, (relu, 0.8): 0.0402, (relu, 0.95): 0.127, (relu, -0.5): 0.0681,
+             (tanh, 0.0): 0.261, (tanh, 0.5): 0.278, (tanh, 0.8): 0.442, (tanh, 0.95): 1.406}
+    for (act, g), val in table.items():
+        assert optimal_aspect_ratio(act, 1, gamma=g) == pytest.approx(val, rel=2e-3), (act.describe(), g)
 
 
 def test_entropy_and_information_from_a_flow():

@@ -555,8 +555,9 @@ def test_finite_steps_mean_converges_and_is_exposed():
     prev = None
     for T in (10, 100, 1000, 5000):
         d = GradientDescent(learning_rate=eta, steps=T).trained_distribution(s, A, y, B)
-        assert d.mean_correction is not None and d.covariance_correction is None
+        assert d.mean_correction is not None and d.covariance_correction is not None
         err = np.abs(d.mean_correction - conv.mean_correction).max()
+        err += np.abs(d.covariance_correction - conv.covariance_correction).max()
         assert prev is None or err <= prev + 1e-15
         prev = err
     assert prev < 1e-12
@@ -929,3 +930,361 @@ def test_kinked_activation_dntk_is_a_clear_error_not_nan():
     ref = GradientDescent(learning_rate=0.1, include_dntk=False).trained_distribution(
         attrs.evolve(s, **{k: None for k in ("P", "Q", "R", "S", "T", "U")}), A, y, B)
     assert np.all(np.isfinite(d.mean)) and np.array_equal(d.mean, ref.mean)
+
+
+# =============================================================================================
+# finite number of steps: the O(1/n) covariance (docs/learning.md "finite T, O(1/n) covariance")
+
+
+def _stroud5(d):
+    """Degree-5 Gaussian cubature for N(0, 1_d) (Stroud 5-2, 2d² + 1 points): exact for polynomials of degree ≤ 5."""
+    pts, w = [np.zeros(d)], [2.0 / (d + 2)]
+    r = np.sqrt(d + 2.0)
+    for k in range(d):
+        for sgn in (1, -1):
+            p = np.zeros(d)
+            p[k] = sgn * r
+            pts.append(p)
+            w.append((4.0 - d) / (2.0 * (d + 2) ** 2))
+    s = np.sqrt((d + 2) / 2.0)
+    for k in range(d):
+        for l in range(k + 1, d):
+            for sk in (1, -1):
+                for sl in (1, -1):
+                    p = np.zeros(d)
+                    p[k], p[l] = sk * s, sl * s
+                    pts.append(p)
+                    w.append(1.0 / (d + 2) ** 2)
+    return np.array(pts), np.array(w)
+
+
+def test_stroud5_is_exact_to_degree_5():
+    x, w = _stroud5(5)
+    assert w.sum() == pytest.approx(1.0) and np.allclose(w @ x, 0)
+    assert np.allclose(np.einsum("p,pa,pb->ab", w, x, x), np.eye(5))
+    assert np.allclose(w @ x[:, 0] ** 4, 3) and np.allclose(w @ (x[:, 0] ** 2 * x[:, 1] ** 2), 1)
+    assert np.allclose(w @ (x[:, 0] ** 3 * x[:, 1] ** 2), 0) and not np.allclose(w @ x[:, 2] ** 6, 15)
+
+
+def _gT(Ht, eta, T):
+    w, V = np.linalg.eigh(Ht)
+    return (V * ((1 - (1 - eta * w) ** T) / w)) @ V.T
+
+
+def time_iterated_z1(F: Flat, s, eta, T, z):
+    """z¹(T) on all of D for one initial output z (flattened): the first-order dynamics of training.md
+    §4.2 iterated exactly T steps with the mean NTK (ΔĤ = 0), dĤ regressed on the whole of z
+    (dĤ = E[dĤ z] K⁻¹ z) and ddĤ at its mean."""
+    nL, a = F.nL, F.a
+    G4 = flat_pq(s, nL)
+    RI, RII = flat_r(s, nL), flat_stu(s, nL)
+    dH = np.einsum("XYZk,k->XYZ", G4, np.linalg.solve(F.K, z))
+    H, Ht = F.H, F.Ht
+    Dn = H.shape[0]
+    e0 = z[a] - F.y
+    z1 = np.zeros(Dn)
+    H1 = np.zeros((Dn, len(a)))
+    d1 = np.zeros((Dn, Dn, len(a)))
+    RI_Dabc = RI[np.ix_(np.arange(Dn), a, a, a)]
+    RI_aDbc = RI[np.ix_(a, np.arange(Dn), a, a)]
+    RII_XYbc = RII[:, :, a][:, :, :, a]
+    RII_XbYc = RII[:, a][:, :, :, a]
+    for _ in range(T):
+        dHt = dH[:, :, a] + d1
+        dH_Iab, dH_aIb = dHt[:, a, :], dHt[a, :, :]
+        z1_new = (z1 - eta * H[:, a] @ z1[a] - eta * H1 @ e0 + 0.5 * eta**2 * np.einsum("Iab,a,b->I", dH_Iab, e0, e0)
+                  - eta**3 / 6 * np.einsum("Iabc,a,b,c->I", RI_Dabc, e0, e0, e0))
+        H1 = H1 - eta * (np.einsum("Iab,b->Ia", dH_Iab, e0) + np.einsum("aIb,b->Ia", dH_aIb, e0)) + 0.5 * eta**2 * (
+            np.einsum("Iabc,b,c->Ia", RI_Dabc, e0, e0) + np.einsum("aIbc,b,c->Ia", RI_aDbc, e0, e0)
+            + 2 * np.einsum("Iabc,b,c->Ia", RII_XYbc[:, a], e0, e0))
+        d1 = d1 - eta * (np.einsum("XYbc,c->XYb", RI[:, :, a][:, :, :, a], e0) + np.einsum("XYbc,c->XYb", RII_XYbc, e0)
+                         + np.einsum("XbYc,c->XYb", RII_XbYc, e0))
+        z1 = z1_new
+        e0 = e0 - eta * Ht @ e0
+    return z1
+
+
+@pytest.mark.parametrize("T,nL", [(1, 2), (3, 1), (6, 2)])
+def test_finite_steps_covariance_nonlinear_part_against_time_iteration(T, nL):
+    """dNTK + ddNTK part: exact average (degree-5 cubature; z¹(T) is cubic in z) of the symmetrised
+    E[(P_T z)_I z¹_J(T)] with z¹ from the first-order dynamics iterated exactly T steps."""
+    s, A, y, B = _problem(60 + T, N_A=2, N_B=2, nL=nL)
+    s = attrs.evolve(s, **{k: 0 * getattr(s, k) for k in ("A", "B", "D", "F", "H1", "G1")})
+    eta = 1.2 / np.linalg.eigvalsh(s.Theta[np.ix_(A, A)])[-1]
+    d = GradientDescent(learning_rate=eta, steps=T).trained_distribution(s, A, y, B)
+    F = Flat(s, A, y, nL)
+    PT = np.eye(F.K.shape[0])
+    PT[:, F.a] -= F.H[:, F.a] @ _gT(F.Ht, eta, T)
+    x, w = _stroud5(F.K.shape[0])
+    L = np.linalg.cholesky(F.K)
+    C = 0
+    for xp, wp in zip(x, w):
+        z = L @ xp
+        C = C + wp * np.outer(PT @ z, time_iterated_z1(F, s, eta, T, z))
+    ref = F.unflat_cov(C + C.T, B)
+    got = d.covariance_correction * s.fan_in
+    assert np.allclose(got, ref, rtol=1e-9, atol=1e-11), np.abs(got - ref).max()
+
+
+def _frozen_ntk_cov(F: Flat, s, eta, T, rows, Gfun=None, with_mean=False):
+    """O(κ²) covariance of z(T) = z − Ĥ_{·A} G(Ĥ̃)(z_A − y) with the random NTK Ĥ = H + ΔĤ, from
+    numerical first and second derivatives of M(Δ) = (H + Δ)_{·A} G(H̃ + Δ̃) contracted with
+    E[ΔĤΔĤ] (A, B) and E[ΔĤ z z] (D, F) (flattened; trained-cov.md §2 T1, T2, T3 at finite T).
+    G defaults to g_T of constant-rate GD; ``with_mean`` also returns the O(κ²) mean Q y."""
+    nL, a = F.nL, F.a
+    Dn, m = F.K.shape[0], len(a)
+    Gfun = Gfun or (lambda Ht: _gT(Ht, eta, T))
+
+    def M(Delta):
+        Ht = F.Ht + 0.5 * (Delta[a] + Delta[a].T)
+        return (F.H[:, a] + Delta) @ Gfun(Ht)
+
+    n_var = Dn * m
+    basis = np.eye(n_var).reshape(n_var, Dn, m)
+    h1 = 1e-5
+    J1 = np.stack([(M(h1 * e) - M(-h1 * e)) / (2 * h1) for e in basis])  # [X, J, c]
+    CAB = flat_ab(s, nL)[:, a][:, :, :, a].reshape(n_var, n_var)  # E[ΔĤ_X ΔĤ_Y]
+    CDF = flat_df(s, nL)[:, a][:, :, :, a].reshape(n_var, Dn, m)  # E[ΔĤ_X z_K z_c]
+    PT = np.eye(Dn)
+    PT[:, a] -= F.H[:, a] @ Gfun(F.Ht)
+    KdT = PT @ F.K[:, a]  # E[(P_T z)_I ε_c]
+    Eee = F.Kt + np.outer(F.y, F.y)
+    t1 = -np.einsum("IK,XKc,XJc->IJ", PT, CDF, J1)
+    t2 = np.einsum("XIc,YJe,XY,ce->IJ", J1, J1, CAB, Eee)
+    h2 = 1e-3
+    Q = 0  # ½ Σ_XY C_XY ∂²M/∂Δ_X∂Δ_Y
+    for X in range(n_var):
+        for Y in range(X, n_var):
+            if CAB[X, Y] == 0:
+                continue
+            eX, eY = basis[X] * h2, basis[Y] * h2
+            d2 = (M(eX + eY) - M(eX - eY) - M(-eX + eY) + M(-eX - eY)) / (4 * h2**2)
+            Q = Q + (1.0 if X == Y else 2.0) * 0.5 * CAB[X, Y] * d2
+    t3 = -KdT @ Q.T
+    total = t1 + t1.T + t2 + t3 + t3.T
+    if with_mean:
+        return F.unflat_cov(total, rows), F.unflat_vec(Q @ F.y, rows)
+    return F.unflat_cov(total, rows)
+
+
+@pytest.mark.parametrize("T", [1, 4])
+def test_finite_steps_covariance_frozen_ntk_part_against_numerical_derivatives(T):
+    nL = 2
+    s, A, y, B = _problem(70 + T, N_A=2, N_B=2, nL=nL)
+    s = attrs.evolve(s, **{k: 0 * getattr(s, k) for k in ("P", "Q", "R", "S", "T", "U", "H1", "G1")})
+    eta = 1.1 / np.linalg.eigvalsh(s.Theta[np.ix_(A, A)])[-1]
+    d = GradientDescent(learning_rate=eta, steps=T).trained_distribution(s, A, y, B)
+    ref = _frozen_ntk_cov(Flat(s, A, y, nL), s, eta, T, B)
+    got = d.covariance_correction * s.fan_in
+    assert np.allclose(got, ref, rtol=1e-5, atol=1e-7), np.abs(got - ref).max()
+
+
+def test_finite_steps_covariance_kernel_corrections_and_limits():
+    """G1, H1: the linearisation of P_T G P_Tᵀ in (G, H); T = 0 gives G1; T → ∞ the converged result."""
+    nL = 2
+    s, A, y, B = _problem(80, N_A=3, N_B=2, nL=nL)
+    eta = 0.9 / np.linalg.eigvalsh(s.Theta[np.ix_(A, A)])[-1]
+    T = 5
+    s_k = attrs.evolve(s, **{k: 0 * getattr(s, k) for k in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")})
+    d = GradientDescent(learning_rate=eta, steps=T).trained_distribution(s_k, A, y, B)
+
+    def sig(K, Th):
+        P = np.eye(K.shape[0])
+        P[:, A] -= Th[:, A] @ _gT(Th[np.ix_(A, A)], eta, T)
+        return (P @ K @ P.T)[np.ix_(B, B)]
+
+    e = 1e-6
+    ref = (sig(s.K + e * s.G1, s.Theta + e * s.H1) - sig(s.K - e * s.G1, s.Theta - e * s.H1)) / (2 * e)
+    assert np.allclose(d.covariance_correction * s.fan_in, expand_outputs(ref, nL), atol=1e-8)
+    d0 = GradientDescent(learning_rate=eta, steps=0).trained_distribution(s, A, y, B)
+    assert np.allclose(d0.covariance_correction * s.fan_in, expand_outputs(s.G1[np.ix_(B, B)], nL), atol=1e-14)
+    assert np.allclose(d0.mean_correction, 0, atol=1e-14)
+    conv = GradientDescent(learning_rate=eta).trained_distribution(s, A, y, B)
+    big = GradientDescent(learning_rate=eta, steps=4000).trained_distribution(s, A, y, B)
+    scale = np.abs(conv.covariance_correction).max()
+    assert np.abs(big.covariance_correction - conv.covariance_correction).max() < 1e-12 * scale
+
+
+# =============================================================================================
+# learning-rate schedules: the giant leap followed by small steps (book §∞.2.1)
+
+
+def test_rate_schedule_reproduces_the_constant_rate_closed_forms():
+    from pdlt_plugins.learning import constant_schedule, rate_schedule
+
+    h = np.array([0.3, 1.1, 2.0])
+    for eta, T in ((0.6, 1), (0.6, 5), (0.9, 13)):
+        c, r = constant_schedule(h, eta, T), rate_schedule(h, np.full((T, 3), eta))
+        for k in ("g", "g1", "g2"):
+            assert np.allclose(getattr(c, k), getattr(r, k), rtol=1e-12, atol=1e-14), k
+        for k in c.A:
+            assert np.allclose(c.A[k], r.A[k], rtol=1e-12, atol=1e-14) and np.allclose(c.B[k], r.B[k], rtol=1e-12, atol=1e-14), k
+
+
+def test_giant_leap_without_small_steps_is_the_newton_step():
+    from pdlt_plugins.learning import GiantLeapSmallStep
+
+    for seed, nL in ((90, 2), (91, 1)):
+        s, A, y, B = _problem(seed, N_A=3, N_B=2, nL=nL)
+        eta = 0.5 / np.linalg.eigvalsh(s.Theta[np.ix_(A, A)])[-1]
+        newton = NewtonStep().trained_distribution(s, A, y, B)
+        leap = GiantLeapSmallStep(learning_rate=eta, steps=0).trained_distribution(s, A, y, B)
+        assert np.allclose(leap.mean_infinite, newton.mean_infinite, atol=1e-13)
+        assert np.allclose(leap.mean_correction, newton.mean_correction, rtol=1e-10, atol=1e-13)
+        assert np.allclose(leap.covariance_correction, newton.covariance_correction, rtol=1e-10, atol=1e-13)
+
+
+def _schedule_matrices(F: Flat, rates):
+    """Flattened learning-rate matrices M_t = 1_{n_L} ⊗ O diag(rates[t]) Oᵀ."""
+    h, O = np.linalg.eigh(F.Ht[: len(F.a) // F.nL, : len(F.a) // F.nL])
+    return [np.kron(np.eye(F.nL), (O * r) @ O.T) for r in rates]
+
+
+def schedule_z1(F: Flat, s, Ms, z):
+    """As time_iterated_z1, with the update −Ĥ M_t ε instead of −η Ĥ ε (training.md §4.2, η ε → M_t ε)."""
+    nL, a = F.nL, F.a
+    G4 = flat_pq(s, nL)
+    RI, RII = flat_r(s, nL), flat_stu(s, nL)
+    dH = np.einsum("XYZk,k->XYZ", G4, np.linalg.solve(F.K, z))
+    H, Ht = F.H, F.Ht
+    Dn = H.shape[0]
+    e0 = z[a] - F.y
+    z1 = np.zeros(Dn)
+    H1 = np.zeros((Dn, len(a)))
+    d1 = np.zeros((Dn, Dn, len(a)))
+    RI_Dabc = RI[np.ix_(np.arange(Dn), a, a, a)]
+    RI_aDbc = RI[np.ix_(a, np.arange(Dn), a, a)]
+    RII_XYbc = RII[:, :, a][:, :, :, a]
+    RII_XbYc = RII[:, a][:, :, :, a]
+    for M in Ms:
+        v = M @ e0
+        dHt = dH[:, :, a] + d1
+        dH_Iab, dH_aIb = dHt[:, a, :], dHt[a, :, :]
+        z1_new = (z1 - H[:, a] @ (M @ z1[a]) - H1 @ v + 0.5 * np.einsum("Iab,a,b->I", dH_Iab, v, v)
+                  - np.einsum("Iabc,a,b,c->I", RI_Dabc, v, v, v) / 6)
+        H1 = H1 - (np.einsum("Iab,b->Ia", dH_Iab, v) + np.einsum("aIb,b->Ia", dH_aIb, v)) + 0.5 * (
+            np.einsum("Iabc,b,c->Ia", RI_Dabc, v, v) + np.einsum("aIbc,b,c->Ia", RI_aDbc, v, v)
+            + 2 * np.einsum("Iabc,b,c->Ia", RII_XYbc[:, a], v, v))
+        d1 = d1 - (np.einsum("XYbc,c->XYb", RI[:, :, a][:, :, :, a], v) + np.einsum("XYbc,c->XYb", RII_XYbc, v)
+                   + np.einsum("XbYc,c->XYb", RII_XbYc, v))
+        z1 = z1_new
+        e0 = e0 - Ht @ v
+    return z1
+
+
+@pytest.mark.parametrize("steps,nL", [(1, 2), (3, 1)])
+def test_giant_leap_small_steps_against_iterated_dynamics(steps, nL):
+    """Mean and covariance of GiantLeapSmallStep against (i) the first-order dynamics with the
+    learning-rate matrices H̃⁻¹, η, …, η iterated step by step and averaged exactly (degree-5
+    cubature), (ii) numerical derivatives of the frozen-NTK solution z − Ĥ_{·A}G(Ĥ̃)ε with
+    G = Σ_t M_t Π_{s<t}(1 − Ĥ̃M_s)."""
+    from pdlt_plugins.learning import GiantLeapSmallStep
+
+    s, A, y, B = _problem(100 + steps, N_A=2, N_B=2, nL=nL)
+    eta = 0.7 / np.linalg.eigvalsh(s.Theta[np.ix_(A, A)])[-1]
+    alg = GiantLeapSmallStep(learning_rate=eta, steps=steps)
+    h = np.linalg.eigvalsh(s.Theta[np.ix_(A, A)])
+    rates = [1.0 / h] + [np.full(2, eta)] * steps
+    # (i) dNTK + ddNTK
+    s_nl = attrs.evolve(s, **{k: 0 * getattr(s, k) for k in ("A", "B", "D", "F", "H1", "G1")})
+    d = alg.trained_distribution(s_nl, A, y, B)
+    F = Flat(s_nl, A, y, nL)
+    Ms = _schedule_matrices(F, rates)
+    PT = np.eye(F.K.shape[0])
+    PT[:, F.a] -= F.H[:, F.a] @ F.Hti
+    x, w = _stroud5(F.K.shape[0])
+    L = np.linalg.cholesky(F.K)
+    C, m = 0, 0
+    for xp, wp in zip(x, w):
+        z = L @ xp
+        z1 = schedule_z1(F, s_nl, Ms, z)
+        C = C + wp * np.outer(PT @ z, z1)
+        m = m + wp * z1
+    assert np.allclose(d.mean_correction * s.fan_in, F.unflat_vec(m, B), rtol=1e-9, atol=1e-11)
+    assert np.allclose(d.covariance_correction * s.fan_in, F.unflat_cov(C + C.T, B), rtol=1e-9, atol=1e-11)
+    # (ii) frozen random NTK
+    s_fr = attrs.evolve(s, **{k: 0 * getattr(s, k) for k in ("P", "Q", "R", "S", "T", "U", "H1", "G1")})
+    d = alg.trained_distribution(s_fr, A, y, B)
+    F = Flat(s_fr, A, y, nL)
+    Ms = _schedule_matrices(F, rates)
+
+    def G(Ht):
+        out, P = 0, np.eye(Ht.shape[0])
+        for M in Ms:
+            out = out + M @ P
+            P = (np.eye(Ht.shape[0]) - Ht @ M) @ P
+        return out
+
+    cov, mean = _frozen_ntk_cov(F, s_fr, None, None, B, Gfun=G, with_mean=True)
+    assert np.allclose(d.mean_correction * s.fan_in, mean, rtol=1e-5, atol=1e-7)
+    assert np.allclose(d.covariance_correction * s.fan_in, cov, rtol=1e-5, atol=1e-7)
+
+
+def test_giant_leap_small_steps_h1_and_limits():
+    from pdlt_plugins.learning import GiantLeapSmallStep
+
+    s, A, y, B = _problem(110, N_A=3, N_B=2, nL=2)
+    lam = np.linalg.eigvalsh(s.Theta[np.ix_(A, A)])[-1]
+    alg = GiantLeapSmallStep(learning_rate=0.8 / lam, steps=2)
+    d = alg.trained_distribution(s, A, y, B)
+    newton = NewtonStep().trained_distribution(s, A, y, B, corrections=False)
+    assert np.allclose(d.mean_infinite, newton.mean_infinite) and np.allclose(d.covariance_infinite, newton.covariance_infinite)
+    # the H1 term is the same as for the Newton step and GD to convergence (G ≡ H̃⁻¹ after the leap)
+    only_h1 = attrs.evolve(s, **{k: 0 * getattr(s, k) for k in ("A", "B", "D", "F", "G1", "P", "Q", "R", "S", "T", "U")})
+    a = alg.trained_distribution(only_h1, A, y, B)
+    c = GradientDescent(learning_rate=0.8 / lam).trained_distribution(only_h1, A, y, B)
+    assert np.allclose(a.mean_correction, c.mean_correction, atol=1e-13)
+    assert np.allclose(a.covariance_correction, c.covariance_correction, atol=1e-13)
+    # many small steps: the frozen-NTK part tends to that of GD to convergence (exact linear solution)
+    fr = attrs.evolve(s, **{k: 0 * getattr(s, k) for k in ("P", "Q", "R", "S", "T", "U")})
+    many = GiantLeapSmallStep(learning_rate=0.8 / lam, steps=3000).trained_distribution(fr, A, y, B)
+    conv = GradientDescent(learning_rate=0.8 / lam).trained_distribution(fr, A, y, B)
+    assert np.allclose(many.mean_correction, conv.mean_correction, rtol=1e-10, atol=1e-13)
+    assert np.allclose(many.covariance_correction, conv.covariance_correction, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ParameterError, match="steps"):
+        GiantLeapSmallStep(learning_rate=0.1, steps=-1)
+    with pytest.raises(ParameterError, match="2/λ_max"):
+        GiantLeapSmallStep(learning_rate=2.5 / lam).trained_distribution(s, A, y, B)
+    assert pdlt.GiantLeapSmallStep is GiantLeapSmallStep
+
+
+# =============================================================================================
+# regime of validity and exact identities at the edges
+
+
+def test_converged_training_outputs_are_exact_at_order_1_over_n():
+    """GD to convergence fits every network exactly: on the training inputs the O(1/n) mean
+    correction and the whole covariance vanish (all five pieces of trained-cov.md cancel)."""
+    s, A, y, B = _problem(120, N_A=3, N_B=2, nL=2)
+    eta = 0.8 / np.linalg.eigvalsh(s.Theta[np.ix_(A, A)])[-1]
+    d = GradientDescent(learning_rate=eta).trained_distribution(s, A, y, A)
+    assert np.abs(d.mean - y).max() < 1e-12 and np.abs(d.covariance).max() < 1e-12
+    # after finitely many steps they do not (and converge to it)
+    d5 = GradientDescent(learning_rate=eta, steps=5).trained_distribution(s, A, y, A)
+    assert np.abs(d5.covariance_correction).max() > 1e-3
+    dT = GradientDescent(learning_rate=eta, steps=3000).trained_distribution(s, A, y, A)
+    assert np.abs(dT.mean - y).max() < 1e-11 and np.abs(dT.covariance).max() < 1e-11
+
+
+def test_finite_steps_edge_learning_rates_are_finite():
+    """η h = 1 for one mode (u = 0, the removable singularities of the geometric sums) and η just
+    below the stability limit: finite results, no RuntimeWarning (errors under the test settings)."""
+    s, A, y, B = _problem(121, N_A=3, N_B=2, nL=2)
+    h = np.linalg.eigvalsh(s.Theta[np.ix_(A, A)])
+    limit = GradientDescent(learning_rate=1.0).stability_limit(s, A)
+    for eta in (1.0 / h[-1], 0.9999 * limit):
+        for T in (1, 2, 7, None):
+            d = GradientDescent(learning_rate=eta, steps=T).trained_distribution(s, A, y, B)
+            assert np.all(np.isfinite(d.mean)) and np.all(np.isfinite(d.covariance))
+        from pdlt_plugins.learning import GiantLeapSmallStep
+
+        d = GiantLeapSmallStep(learning_rate=eta, steps=3).trained_distribution(s, A, y, B)
+        assert np.all(np.isfinite(d.covariance))
+
+
+def test_nearly_coinciding_training_inputs_warn_with_the_condition_number():
+    net = _net()
+    with pytest.warns(RegimeWarning, match=r"ill-conditioned \(condition number [0-9.e+]+ > 1e\+08\)"):
+        d = solve(net, GradientDescent(learning_rate=0.1), [[0.5], [0.5 + 1e-6]], [0.1, 0.2], XB, order="leading")
+    assert d.condition_number > 1e8 and np.all(np.isfinite(d.mean))
+    assert not d.regime.ok

@@ -69,6 +69,7 @@ def test_resolved_strengths_scalar_and_sequence():
         (dict(xi=0.0), "'xi' parameter of ResidualMLP must be > 0"),
         (dict(xi=(1.0, -1.0, 1.0, 1.0)), "must be > 0"),
         (dict(gamma=float("nan")), "finite"),
+        (dict(tower="fast"), "'tower' parameter of ResidualMLP must be one of"),
     ],
 )
 def test_parameter_validation(changes, match):
@@ -125,7 +126,8 @@ def _gauss1(act, orders, K, insert=None):
 def test_single_input_tanh_recursion_closed_form():
     """training.md §7: K' = γ²K + ξ²C⟨σ²⟩, V' = χ_∥²V + ξ⁴C²Var(σ²) + 2γ²ξ²C Cov(z², σ²) (odd σ)."""
     act = _act("tanh")
-    net = ResidualMLP(input_dim=1, hidden_widths=[10] * 5, output_dim=10, activation=act, gamma=0.6, xi=0.8, c_w=1.3, c_b=0.1)
+    net = ResidualMLP(input_dim=1, hidden_widths=[10] * 5, output_dim=10, activation=act, gamma=0.6, xi=0.8, c_w=1.3, c_b=0.1,
+                      tower="closure")
     f = pdlt.flow(net, np.array([[1.2]]))
     g, C, cb = 0.6, 0.64 * 1.3, 0.64 * 0.1
     for ell in range(2, 6):
@@ -144,7 +146,8 @@ def test_single_input_tanh_recursion_closed_form():
 def test_single_input_relu_three_point_and_growth_rate():
     """ReLU: Ω' = γχ_∥Ω + γc⟨zσ²⟩ with c = ξ²C_W; V/K² grows per layer by the closed-recursion ν."""
     g = 0.5
-    net = ResidualMLP(input_dim=1, hidden_widths=[8] * 40, output_dim=8, activation=_act("relu"), gamma=g, xi=0.9).at_criticality()
+    net = ResidualMLP(input_dim=1, hidden_widths=[8] * 40, output_dim=8, activation=_act("relu"), gamma=g, xi=0.9,
+                      tower="closure").at_criticality()
     f = pdlt.flow(net, np.array([[1.0]]))
     K = f.layer(1).K[0, 0]
     c = 2 * (1 - g**2)  # ξ²C_W at criticality (A_2 = ½)
@@ -165,7 +168,7 @@ def test_single_input_tower(act, g):
     growth rate is pdlt.information.growth_rate (an independent code path)."""
     net = ResidualMLP(
         input_dim=1, hidden_widths=[8, 8, 6, 6, 6], output_dim=6, activation=_act(act),
-        gamma=(0, g, 0, 0, 0.7, -0.6), xi=0.9, c_b=0.05,
+        gamma=(0, g, 0, 0, 0.7, -0.6), xi=0.9, c_b=0.05, tower="closure",
     ).at_criticality()
     f = pdlt.flow(net, np.array([[1.1]]))
     closed = residual_module.single_input_tower(net, [1.1], 12, closure=True)
@@ -199,7 +202,7 @@ def test_odd_activation_has_no_three_point_tensors():
 @pytest.mark.parametrize("act", ["relu", "gelu", "tanh"])
 def test_marginalisation_and_symmetries(act):
     """Restricting a 3-input flow to 2 inputs equals the 2-input flow (book §4.4); tensor symmetries hold."""
-    net = _res(act, gamma=0.6, xi=0.9)
+    net = _res(act, gamma=0.6, xi=0.9, tower="closure")  # the exact tower: test_ntk_tower_*
     f3, f2 = pdlt.flow(net, X3), pdlt.flow(net, X3[[2, 0]])
     for s3, s2 in zip(f3, f2):
         r = s3.restrict([2, 0])
@@ -290,3 +293,137 @@ def test_registered_through_its_own_hook():
         pm.register(residual_module, name="pdlt_plugins.residual")
     assert lookup("architecture", "residual_mlp", pm) is ResidualMLP
     pm.check_pending()
+
+
+def test_flow_npz_round_trip_keeps_three_point_tensors(tmp_path):
+    """Flow.to_npz / from_npz keep Ω, Π, Φ and the ResidualStatistics class."""
+    from pdlt.flow import Flow
+
+    net = ResidualMLP(input_dim=2, hidden_widths=[8] * 3, output_dim=8, activation=_act("relu"), gamma=0.5).at_criticality()
+    fl = pdlt.flow(net, X2)
+    assert np.any(fl[-1].Omega) and np.any(fl[-1].Pi) and np.any(fl[-1].Phi)
+    path = tmp_path / "res.npz"
+    fl.to_npz(path)
+    back = Flow.from_npz(path)
+    assert len(back) == len(fl)
+    for a, b in zip(fl, back):
+        assert type(b) is ResidualStatistics
+        assert a == b  # every field, Ω, Π, Φ included
+    np.testing.assert_array_equal(back.X, X2)
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "tanh"])
+def test_multi_input_tower(act):
+    """input_tower: N = 1 equals single_input_tower; for two inputs closure=True reproduces the flow's
+    V, G1, Ω (independent code paths; ReLU limited by the grid quadrature of the slanted kink)."""
+    net = ResidualMLP(
+        input_dim=2, hidden_widths=[6, 6, 5, 5], output_dim=5, activation=_act(act),
+        gamma=(0, 0.6, 0, 0.7, -0.5), xi=0.9, c_b=0.05, tower="closure",
+    ).at_criticality()
+    one = residual_module.input_tower(net, X2[:1], 16)
+    ref = residual_module.single_input_tower(net, X2[0], 16)
+    for t, s in zip(one, ref):
+        for name in ("V", "G1", "Omega"):
+            assert getattr(t, name).ravel()[0] == pytest.approx(getattr(s, name), rel=1e-10, abs=1e-13)
+    f = pdlt.flow(net, X2)
+    closed = residual_module.input_tower(net, X2, 10, closure=True)
+    tol = 1e-6 if act == "relu" else 1e-10
+    for s, t in zip(f, closed):
+        np.testing.assert_allclose(t.K, s.K, rtol=1e-12)
+        for name in ("V", "G1", "Omega"):
+            th = getattr(s, name)
+            np.testing.assert_allclose(getattr(t, name), th, rtol=tol, atol=tol * max(1.0, np.abs(th).max()), err_msg=name)
+    full = residual_module.input_tower(net, X2, 10)
+    assert np.allclose(full[-1].Omega, closed[-1].Omega, rtol=1e-8, atol=1e-12)  # Ω is exact in the closure
+    rel = (full[-1].V - closed[-1].V) / np.abs(closed[-1].V).max()
+    assert np.all(np.abs(rel) < 0.05) and np.any(np.abs(rel) > 1e-4)  # a small, non-zero correction
+    with pytest.raises(ParameterError, match="non-singular kernel"):
+        residual_module.input_tower(net, np.vstack([X2[0], X2[0]]), 6)
+
+
+# ------------------------------------------------------------------------------ the NTK tower
+
+
+def _tower_vs_flow(net, X, degree, layers, names, tol, closure=False):
+    f = pdlt.flow(net.evolve(tower="closure"), X)
+    tw = residual_module.input_tower(net, X, degree, ntk=True, closure=closure)
+    for ell in layers:
+        s, t = f.layer(ell), tw[ell - 1]
+        np.testing.assert_allclose(t.Theta, s.Theta, rtol=1e-12)
+        for name in names:
+            th = getattr(s, name)
+            np.testing.assert_allclose(getattr(t, name), th, rtol=tol, atol=tol * max(1.0, np.abs(th).max()), err_msg=f"{ell} {name}")
+    return f, tw
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "tanh"])
+def test_ntk_tower_reduces_to_the_mlp_recursions(act):
+    """γ = 0 (plain MLP, where the closed recursions are exact): the NTK tower reproduces every tensor
+    (an independent code path for the λ, C_W, φ and b terms; ReLU limited by the grid at the kinks)."""
+    net = ResidualMLP(input_dim=2, hidden_widths=[6, 6, 6], output_dim=6, activation=_act(act), c_b=0.05,
+                      lambda_b=(1.0, 0.5, 2.0, 1.0), lambda_w=(1.0, 2.0, 0.5, 1.0)).at_criticality()
+    _tower_vs_flow(net, X2, 8, (2, 3, 4), FIELDS + ("Pi", "Phi"), 5e-3 if act == "relu" else 1e-9)
+
+
+@pytest.mark.parametrize("act", ["gelu", "tanh"])
+def test_ntk_tower_first_residual_layer_and_odd_tensors(act):
+    """With shortcuts: the first residual layer is exact in the closure (every tensor agrees), Ω, Π, Φ
+    agree at every layer, and beyond it the tower moves A, B, D, F, H1 by a small non-zero amount."""
+    net = ResidualMLP(input_dim=2, hidden_widths=[6] * 3, output_dim=6, activation=_act(act), gamma=0.5, xi=0.9, c_b=0.05,
+                      lambda_b=(1.0, 0.5, 2.0, 1.0), lambda_w=(1.0, 2.0, 0.5, 1.0)).at_criticality()
+    f, tw = _tower_vs_flow(net, X2, 8, (2,), FIELDS + ("Omega", "Pi", "Phi"), 1e-9)
+    for ell in (3, 4):
+        for name in ("Omega", "Pi", "Phi"):
+            np.testing.assert_allclose(getattr(tw[ell - 1], name), getattr(f.layer(ell), name), atol=1e-10)
+        for name in ("A", "B", "D", "F"):
+            th = getattr(f.layer(ell), name)
+            rel = np.abs(getattr(tw[ell - 1], name) - th).max() / np.abs(th).max()
+            assert 1e-4 < rel < 0.1, (ell, name, rel)
+
+
+def test_ntk_tower_inputs_and_degree():
+    """The two-input tower restricted to one input equals the one-input tower; the truncation
+    converges; the kernel block of the NTK tower equals the kernel tower (checked inside)."""
+    net = _res("gelu", gamma=0.6, xi=0.9, c_b=0.05)
+    two = residual_module.input_tower(net, X2, 8, ntk=True)
+    for j in (0, 1):
+        one = residual_module.input_tower(net, X2[j : j + 1], 8, ntk=True)
+        for name in ("H1", "A", "B", "D", "F", "Pi", "Phi", "V", "G1"):
+            a, b = getattr(two[-1], name), getattr(one[-1], name)
+            assert a[(j,) * a.ndim] == pytest.approx(b.ravel()[0], rel=1e-9, abs=1e-12), (j, name)
+    hi = residual_module.input_tower(net, X2[:1], 40, ntk=True)
+    lo = residual_module.input_tower(net, X2[:1], 20, ntk=True)
+    for name in ("H1", "A", "B", "D", "F"):
+        assert getattr(lo[-1], name) == pytest.approx(getattr(hi[-1], name), rel=1e-8, abs=1e-12)
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "tanh"])
+def test_ntk_tower_truncated_to_the_closure_is_the_flow(act):
+    """closure=True with ntk=True keeps what the closed recursions track and then reproduces every
+    tensor of the flow's closed recursions — plain layers, width changes (r ≠ 1) and γ < 0 included
+    (independent code paths; ReLU limited by the grid quadrature of the steps σ' at a slanted kink)."""
+    net = ResidualMLP(
+        input_dim=2, hidden_widths=[6, 6, 5, 5], output_dim=5, activation=_act(act), gamma=(0, 0.6, 0, 0.7, -0.5), xi=0.9,
+        c_b=0.05, lambda_b=(1.0, 0.5, 2.0, 1.0, 1.0), lambda_w=(1.0, 2.0, 0.5, 1.0, 1.0),
+    ).at_criticality()
+    _tower_vs_flow(net, X2, 8, (2, 3, 4, 5), FIELDS + ("Omega", "Pi", "Phi"), 3e-3 if act == "relu" else 1e-9, closure=True)
+
+
+def test_flow_uses_the_exact_tower_when_it_is_cheap():
+    """tower='auto': exact for N ≤ 2 with shortcuts, the closure for N = 3, coinciding inputs or γ = 0;
+    'exact' insists (and rejects a singular kernel); 'closure' never uses the tower."""
+    net = _res("tanh", gamma=0.6, xi=0.9)
+    tw = residual_module.input_tower(net, X2, ntk=True)
+    auto = pdlt.flow(net, X2)
+    closed = pdlt.flow(net.evolve(tower="closure"), X2)
+    for name in ("V", "G1", "H1", "A", "B", "D", "F"):
+        np.testing.assert_array_equal(getattr(auto[-1], name), getattr(tw[-1], name))
+        assert not np.allclose(getattr(closed[-1], name), getattr(tw[-1], name), rtol=1e-6, atol=0)
+    three = pdlt.flow(net, X3)  # N = 3: the closure
+    np.testing.assert_allclose(three[-1].restrict([0, 1]).A, closed[-1].A, rtol=1e-9, atol=1e-12)
+    same = np.vstack([X2[0], X2[0]])
+    assert pdlt.flow(net, same)[-1].A[0, 0, 0, 0] == pytest.approx(closed[-1].A[0, 0, 0, 0], rel=1e-9)
+    with pytest.raises(ParameterError, match="non-singular kernel"):
+        pdlt.flow(net.evolve(tower="exact"), same)
+    plain = _res("tanh", gamma=0.0, xi=1.0)
+    assert residual_module._wants_tower(plain, X2) is False and residual_module._wants_tower(net, X3) is False

@@ -340,3 +340,118 @@ def test_gd_single_output(stats_L2):
     cs = np.array([n * r.covariance_minus_control.mean.ravel() for n, r in zip(widths, runs)])
     cses = np.array([n * r.covariance_minus_control.stderr.ravel() for n, r in zip(widths, runs)])
     _assert_agrees("covariance n_L=1", *_fit(cs, cses, widths), s.fan_in * th.covariance_correction.ravel())
+
+
+# ---------------------------------------------------------------------------------------------
+# finite number of steps: O(1/n) mean and covariance after T steps (docs/learning.md)
+
+
+def _finite_steps_check(net_fn, stats, XA_, YA_, XB_, eta, T, widths, sizes, seed):
+    """Fitted 1/n coefficients of E[z_T] − m_T and Cov z_T − Σ_T (control variate: the network's own
+    initial output mapped by the infinite-width T-step solution) against the finite-T theory."""
+    th = solve(net_fn(widths[0]), GradientDescent(learning_rate=eta, steps=T), XA_, YA_, XB_, statistics=stats,
+               warn_regime=False)
+    conv = solve(net_fn(widths[0]), GradientDescent(learning_rate=eta), XA_, YA_, XB_, statistics=stats, warn_regime=False)
+    n0 = th.width  # solve rescales the corrections to net_fn(widths[0])
+    runs = [train_ensemble(net_fn(n), XA_, YA_, XB_, learning_rate=eta, steps=T, size=m, seed=seed + k, control_variate=True)
+            for k, (n, m) in enumerate(zip(widths, sizes))]
+    NB, nL = th.mean.shape
+    iu = np.triu_indices(NB * nL)
+    flat = lambda C: C.reshape(NB * nL, NB * nL)[iu]  # noqa: E731
+    ms = np.array([n * r.mean_minus_control.mean.ravel() for n, r in zip(widths, runs)])
+    ses = np.array([n * r.mean_minus_control.stderr.ravel() for n, r in zip(widths, runs)])
+    # the control's covariance P_T G P_Tᵀ already contains G1 (depth ≥ 3): compare totals
+    cs = np.array([n * flat(r.covariance.mean - th.covariance_infinite) for n, r in zip(widths, runs)])
+    cses = np.array([n * flat(r.covariance.stderr) for n, r in zip(widths, runs)])
+    return dict(
+        mean=(*_fit(ms, ses, widths), n0 * th.mean_correction.ravel(), ms, ses, n0 * conv.mean_correction.ravel()),
+        cov=(*_fit(cs, cses, widths), n0 * flat(th.covariance_correction), cs, cses, n0 * flat(conv.covariance_correction)),
+    )
+
+
+def test_gd_finite_steps_mean_and_covariance_two_widths(stats_L2):
+    """Depth 2, T = 4 steps at η = 0.5/λ_max (far from converged): the finite-T O(1/n) mean and
+    covariance, fitted over two widths, within 4 SE; the converged (T = ∞) prediction is excluded."""
+    eta = _eta(stats_L2, 0.5)
+    out = _finite_steps_check(_net, stats_L2, XA, YA, XB, eta, 4, (64, 128), (40_000, 40_000), seed=61)
+    for key, (a, se, t, ms, ses, t_conv) in out.items():
+        _assert_agrees(f"finite-T {key}", a, se, t)
+        assert _excluded(a, se, t_conv), key
+
+
+_XA3 = np.array([[-1.2], [0.3], [1.0]])
+_XB3 = np.array([[-0.4], [1.8]])
+_YA3 = np.array([[0.6, -0.3], [-0.1, 0.2], [-0.4, 0.5]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("T", [6])
+def test_gd_finite_steps_depth_3(T):
+    """Depth 3 tanh, three training and two test points (one extrapolating), T steps at
+    η = 0.5/λ_max: finite-T O(1/n) mean and covariance at widths 64 and 128."""
+    net3 = lambda n: _net(n, depth=3)  # noqa: E731
+    stats = GradientDescent(learning_rate=0.1).output_statistics(net3(64), np.vstack([_XA3, _XB3]), order="dntk")
+    eta = 0.5 / np.linalg.eigvalsh(np.asarray(stats.Theta)[:3, :3])[-1]
+    out = _finite_steps_check(net3, stats, _XA3, _YA3, _XB3, eta, T, (64, 128), (32_000, 12_000), seed=71)  # ≈ 6 min
+    for key, (a, se, t, ms, ses, t_conv) in out.items():
+        _assert_agrees(f"finite-T {key} (T = {T})", a, se, t)
+
+
+# ---------------------------------------------------------------------------------------------
+# a small step following a giant leap (book §∞.2.1): real networks doing one Newton step
+# (learning-rate matrix Θ̃⁻¹ in sample space) and then `steps` GD steps
+
+
+def _leap_check(stats, eta, steps, widths, size, seed):
+    from pdlt_plugins.learning import GiantLeapSmallStep
+
+    th = solve(_net(widths[0]), GiantLeapSmallStep(learning_rate=eta, steps=steps), XA, YA, XB, statistics=stats,
+               warn_regime=False)
+    n0 = th.width  # solve rescales the corrections to _net(widths[0])
+    iu = np.triu_indices(4)
+    ms, ses, cs, cses = [], [], [], []
+    for k, n in enumerate(widths):
+        r = train_ensemble(_net(n), XA, YA, XB, learning_rate=eta, steps=steps, newton_first=True, size=size,
+                           seed=seed + k, control_variate=True)
+        ms.append(n * r.mean_minus_control.mean.ravel())
+        ses.append(n * r.mean_minus_control.stderr.ravel())
+        cs.append(n * r.covariance_minus_control.mean.reshape(4, 4)[iu])
+        cses.append(n * r.covariance_minus_control.stderr.reshape(4, 4)[iu])
+    return (dict(mean=(*_fit(np.array(ms), np.array(ses), widths), n0 * th.mean_correction.ravel()),
+                 cov=(*_fit(np.array(cs), np.array(cses), widths), n0 * th.covariance_correction.reshape(4, 4)[iu])),
+            th)
+
+
+def test_giant_leap_small_step_two_widths(stats_L2):
+    """Depth 2: Newton step then one GD step at η = 0.5/λ_max, fitted 1/n coefficients within 4 SE;
+    power: the converged-GD and the plain Newton-step predictions are excluded (algorithm dependence)."""
+    from pdlt_plugins.learning import NewtonStep
+
+    eta = _eta(stats_L2, 0.5)
+    out, _ = _leap_check(stats_L2, eta, 1, (128, 256), 40_000, seed=91)
+    n0 = stats_L2.fan_in
+    gd = _theory(stats_L2, eta)
+    newton = solve(_net(64), NewtonStep(), XA, YA, XB, statistics=stats_L2, warn_regime=False)
+    iu = np.triu_indices(4)
+    alternatives = {
+        "mean": (n0 * gd.mean_correction.ravel(), n0 * newton.mean_correction.ravel()),
+        "cov": (n0 * gd.covariance_correction.reshape(4, 4)[iu], n0 * newton.covariance_correction.reshape(4, 4)[iu]),
+    }
+    for key, (a, se, t) in out.items():
+        _assert_agrees(f"giant leap + small step {key}", a, se, t)
+    # each alternative is excluded by the mean or by the covariance (the Newton-step mean differs by
+    # only ~1 SE of this two-width fit; its covariance differs by ~20 SE)
+    for k, name in enumerate(("GD to convergence", "Newton step alone")):
+        assert any(_excluded(out[key][0], out[key][1], alternatives[key][k]) for key in out), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_giant_leap_small_steps_four_widths(stats_L2, steps):
+    """steps = 0 is the Newton step itself.  O(1/n²) terms are large at the extrapolation point x = 1.8
+    (single widths n = 64, 128 are up to 10σ off there and converge to the prediction by n = 512), so
+    the 1/n coefficient is fitted over n = 64…512."""
+    eta = _eta(stats_L2, 0.5)
+    out, _ = _leap_check(stats_L2, eta, steps, (64, 128, 256, 512), 60_000, seed=181 + 10 * steps)
+    for key, (a, se, t) in out.items():
+        _assert_agrees(f"giant leap + {steps} small steps {key}", a, se, t)
