@@ -20,8 +20,18 @@ def first_layer(net, X: np.ndarray, order: str) -> Statistics:
     """Layer 1 is exactly Gaussian: K^(1) = C_b + C_W x·x/n_0, Θ^(1) = λ_b + λ_W x·x/n_0 (book (4.8), §8.3)."""
     n0 = net.widths[0]
     h = net.hyperparameters(1)
-    G0 = X @ X.T / n0
-    fields = dict(K=h["c_b"] + h["c_w"] * G0, Theta=h["lambda_b"] + h["lambda_w"] * G0)
+    G0 = X @ X.T  # one BLAS syrk: exactly symmetric
+    G0 /= n0
+    # in place, same operations as C_b + C_W G0 and λ_b + λ_W G0; frozen arrays are not copied
+    # by Statistics (each fresh N×N array costs as much as the arithmetic at large N)
+    K = G0 * h["c_w"]
+    K += h["c_b"]
+    Theta = G0
+    Theta *= h["lambda_w"]
+    Theta += h["lambda_b"]
+    for x in (K, Theta):
+        x.setflags(write=False)
+    fields = dict(K=K, Theta=Theta)
     if order != "leading":
         N = X.shape[0]
         z2, z4 = np.zeros((N, N)), np.zeros((N,) * 4)
