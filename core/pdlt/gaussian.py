@@ -392,6 +392,10 @@ def _quadrature_group(activation, patterns, K, labels, rule, estimate_error):
     m = max(labels) + 1
     rep = [labels.index(v) for v in range(m)]
     Kv = K[:, rep][:, :, rep]
+    if not activation.kinks and any(any(ins) for _, ins in patterns):
+        singular = _singular_blocks(Kv)
+        if singular.any():
+            return _split_singular(activation, patterns, K, labels, rule, estimate_error, singular)
     expansions = [_expand_distributional(activation, orders, ins, labels) for orders, ins in patterns]
     Kinv = None
     for (orders, _), terms in zip(patterns, expansions):
@@ -426,8 +430,62 @@ def _quadrature_group(activation, patterns, K, labels, rule, estimate_error):
     return vals, np.abs(vals - vals_coarse) + 1e-15 * np.abs(vals)
 
 
+def _singular_blocks(Kv: np.ndarray) -> np.ndarray:
+    """Mask of the blocks whose covariance of distinct variables has no usable inverse."""
+    if Kv.shape[1] == 1:
+        return Kv[:, 0, 0] <= 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = np.linalg.cond(Kv)
+    return ~np.isfinite(cond) | (cond > 1e12) | np.any(np.diagonal(Kv, axis1=1, axis2=2) <= 0, axis=1)
+
+
+def _inserts_as_derivatives(orders, ins, labels):
+    """⟨∂^e Π_s σ^(d_s)(z_v(s))⟩ written out by the product rule: [(coef, orders')], no insertion.
+
+    Stein's lemma ⟨F H_e⟩ = ⟨∂^e F⟩ read backwards; it needs no K⁻¹, so it also holds on singular
+    blocks (a zero variance, linearly dependent inputs), where σ is smooth.
+    """
+    terms = {tuple(orders): 1}
+    for v in range(max(labels) + 1):
+        slots = [s for s in range(len(orders)) if labels[s] == v]
+        for _ in range(sum(c for s, c in enumerate(ins) if labels[s] == v)):
+            grown: dict[tuple, int] = {}
+            for ords, c in terms.items():
+                for s in slots:
+                    o = list(ords)
+                    o[s] += 1
+                    grown[tuple(o)] = grown.get(tuple(o), 0) + c
+            terms = grown
+    return list(terms.items())
+
+
+def _split_singular(activation, patterns, K, labels, rule, estimate_error, singular):
+    """Smooth σ: regular blocks by integration by parts, singular ones by derivatives of the product."""
+    P, B = len(patterns), K.shape[0]
+    values, errors = np.empty((P, B)), np.empty((P, B))
+    if (~singular).any():
+        values[:, ~singular], errors[:, ~singular] = _quadrature_group(
+            activation, patterns, K[~singular], labels, rule, estimate_error
+        )
+    expansions = [_inserts_as_derivatives(orders, ins, labels) for orders, ins in patterns]
+    plain = sorted({o for terms in expansions for o, _ in terms})
+    zero = (0,) * len(labels)
+    v, e = _quadrature_group(activation, [(o, zero) for o in plain], K[singular], labels, rule, estimate_error)
+    row = {o: i for i, o in enumerate(plain)}
+    for p, terms in enumerate(expansions):
+        values[p, singular] = sum(c * v[row[o]] for o, c in terms)
+        errors[p, singular] = sum(abs(c) * e[row[o]] for o, c in terms)
+    return values, errors
+
+
 def _checked_inverse(activation, orders, Kv, m):
     """K⁻¹ of the distinct variables, needed by integration by parts; raises when it is singular."""
+    if np.any(np.diagonal(Kv, axis1=1, axis2=2) <= 0):
+        raise NumericalError(
+            f"⟨…⟩ of {activation.name} with derivative orders {tuple(orders)} needs integration by parts (its "
+            "derivatives are distributions), but an input has zero variance (K_αα = 0, e.g. x = 0 with C_b = 0): "
+            "the preactivation sits exactly on a kink. Use C_b > 0, drop or move that input, or use a smooth activation."
+        )
     if m > 1:
         cond = np.linalg.cond(Kv)
         if np.any(~np.isfinite(cond)) or np.any(cond > 1e12):
@@ -437,8 +495,6 @@ def _checked_inverse(activation, orders, Kv, m):
                 f"singular or ill-conditioned (condition number {float(np.nanmax(cond)):.3g}). "
                 "Such inputs are (nearly) linearly dependent; perturb them or use a smooth activation."
             )
-    if np.any(np.diagonal(Kv, axis1=1, axis2=2) <= 0):
-        raise NumericalError(f"⟨…⟩ of {activation.name} with orders {tuple(orders)} needs a positive variance for integration by parts.")
     return np.linalg.inv(Kv)
 
 

@@ -406,3 +406,41 @@ def test_tabulated_innermost_level_matches_grid(monkeypatch, name, k):
     monkeypatch.setattr(gaussian, "_TABULATE_MIN_DIM", 5)
     grid, _ = quadrature_many(act, patterns, Ks, estimate_error=False)
     assert np.max(np.abs(tabulated - grid) / np.maximum(np.abs(grid), 1e-2)) <= 1e-7
+
+
+# ---------------------------------------------------------------------------------------------
+# singular blocks (a zero-variance input, linearly dependent inputs) for smooth σ
+
+
+def test_derivative_route_equals_integration_by_parts_on_regular_blocks():
+    # ⟨F H_e⟩ = ⟨∂^e F⟩: the route used on singular blocks agrees with the default on regular ones
+    from pdlt import gaussian as g
+
+    act = pdlt.activation("tanh")
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(5, 3, 3))
+    K = A @ A.transpose(0, 2, 1) + 0.2 * np.eye(3)
+    labels = (0, 1, 2)
+    patterns = [((0, 0, 0), (1, 1, 0)), ((1, 0, 0), (0, 2, 0)), ((0, 1, 1), (1, 0, 1)), ((2, 0, 0), (0, 0, 0))]
+    direct, _ = g._quadrature_group(act, patterns, K, labels, g.DEFAULT_RULE, False)
+    via, _ = g._split_singular(act, patterns, K, labels, g.DEFAULT_RULE, False, np.ones(5, dtype=bool))
+    np.testing.assert_allclose(via, direct, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu"])
+def test_flow_with_a_zero_variance_input_is_the_limit_of_nearby_inputs(name):
+    # x = 0 with C_b = 0 gives K_00 = 0 at layer 1 (tanh keeps it 0): the 1/n tensors are finite and
+    # continuous in x → 0 instead of failing in integration by parts
+    net = pdlt.MLP(input_dim=1, hidden_widths=[16] * 2, output_dim=1, activation=pdlt.activation(name), c_b=0.0, c_w=1.0)
+    at0 = pdlt.flow(net, np.array([[0.0], [1.0]]))[-1]
+    near = pdlt.flow(net, np.array([[1e-4], [1.0]]))[-1]
+    for field in ("K", "V", "G1", "Theta", "H1", "A", "B", "D", "F"):
+        a, b = getattr(at0, field), getattr(near, field)
+        assert np.all(np.isfinite(a)), field
+        np.testing.assert_allclose(a, b, atol=2e-3 * np.max(np.abs(b)) + 1e-12, err_msg=field)
+
+
+def test_kinked_activation_at_zero_variance_says_what_to_change():
+    net = pdlt.MLP(input_dim=1, hidden_widths=[8] * 2, output_dim=1, activation=pdlt.activation("relu"), c_b=0.0, c_w=2.0)
+    with pytest.raises(pdlt.errors.NumericalError, match="zero variance.*C_b > 0"):
+        pdlt.flow(net, np.array([[0.0], [1.0]]))
