@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import ensemble, errors, generalization, information, interop, plotting, training, validity
+from . import complexity  # book epilogue ε: model complexity
 from .activation import Activation
 from .architecture import Architecture
 from .errors import (
@@ -61,6 +62,7 @@ __all__ = [
     "Regime",
     "training",
     "information",
+    "complexity",
     "generalization",
     "validity",
     "interop",
