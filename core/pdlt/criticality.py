@@ -195,27 +195,32 @@ class CriticalityReport:
                 "A": ((c - 1) * (1 + f) + nu * f**2) / 3,
             }
         if self.universality_class == "K*=0":
-            if f_w is not None:
-                raise ParameterError(
-                    "The 'f_w' parameter of CriticalityReport.ntk_ratios applies to the scale-invariant class only; "
-                    "pass lambda_b and lambda_w for the K*=0 class."
-                )
-            if abs(self.p_perp - 1.0) > 1e-9:
-                raise NotImplementedError(
-                    f"NTK fluctuation asymptotics of the K*=0 class are known here only for p_⊥ = 1 (odd σ); "
-                    f"{self.activation.name!r} has p_⊥ = {self.p_perp:.6g} (theory/init.md §5)."
-                )
-            for name, val in (("lambda_b", lambda_b), ("lambda_w", lambda_w)):
-                check_parameter(math.isfinite(val) and val >= 0, name, "CriticalityReport.ntk_ratios", "finite and >= 0", val)
-            theta_star = lambda_b + lambda_w * self.sigma_1**2 / (-self.a_1)
-            if theta_star <= 0:
-                raise ParameterError("lambda_b and lambda_w of CriticalityReport.ntk_ratios must not both be 0.")
-            rho = lambda_b / theta_star
+            rho = self._k_star_zero_rho("ntk_ratios", "NTK fluctuation asymptotics", "theory/init.md §5", f_w, lambda_b, lambda_w)
             return {"V": self.v_slope, "F": 0.25, "B": 1.0 / 3.0, "D": -2.0 * rho / 9.0, "A": 4.0 * rho**2 / 27.0}
         raise NotImplementedError(
             f"NTK fluctuation asymptotics are implemented for the scale-invariant and K*=0 classes; "
             f"{self.activation.name!r} is in class {self.universality_class!r}."
         )
+
+    def _k_star_zero_rho(self, method, what, where, f_w, lambda_b, lambda_w) -> float:
+        """ρ = λ̃_b/Θ* of the K*=0 class (p_⊥ = 1), after checking the arguments of ``method``."""
+        owner = f"CriticalityReport.{method}"
+        if f_w is not None:
+            raise ParameterError(
+                f"The 'f_w' parameter of {owner} applies to the scale-invariant class only; "
+                "pass lambda_b and lambda_w for the K*=0 class."
+            )
+        if abs(self.p_perp - 1.0) > 1e-9:
+            raise NotImplementedError(
+                f"{what} of the K*=0 class are derived here only for p_⊥ = 1 (odd σ); "
+                f"{self.activation.name!r} has p_⊥ = {self.p_perp:.6g} ({where})."
+            )
+        for name, val in (("lambda_b", lambda_b), ("lambda_w", lambda_w)):
+            check_parameter(math.isfinite(val) and val >= 0, name, owner, "finite and >= 0", val)
+        theta_star = lambda_b + lambda_w * self.sigma_1**2 / (-self.a_1)
+        if theta_star <= 0:
+            raise ParameterError(f"lambda_b and lambda_w of {owner} must not both be 0.")
+        return lambda_b / theta_star
 
     def dntk_ratios(self, f_w: float | None = None, *, lambda_b: float = 1.0, lambda_w: float = 1.0) -> dict[str, float]:
         """Large-depth slopes of the dimensionless dNTK and ddNTK statistics, per ℓ/n.
@@ -267,22 +272,7 @@ class CriticalityReport:
                 out.update({"R": 0.0, "S": f / 12.0, "T": f * f / 12.0, "U": 0.0})
             return out
         if self.universality_class == "K*=0":
-            if f_w is not None:
-                raise ParameterError(
-                    "The 'f_w' parameter of CriticalityReport.dntk_ratios applies to the scale-invariant class only; "
-                    "pass lambda_b and lambda_w for the K*=0 class."
-                )
-            if abs(self.p_perp - 1.0) > 1e-9:
-                raise NotImplementedError(
-                    f"dNTK asymptotics of the K*=0 class are derived here only for p_⊥ = 1 (odd σ); "
-                    f"{self.activation.name!r} has p_⊥ = {self.p_perp:.6g} (docs/dntk.md)."
-                )
-            for name, val in (("lambda_b", lambda_b), ("lambda_w", lambda_w)):
-                check_parameter(math.isfinite(val) and val >= 0, name, "CriticalityReport.dntk_ratios", "finite and >= 0", val)
-            theta_star = lambda_b + lambda_w * self.sigma_1**2 / (-self.a_1)
-            if theta_star <= 0:
-                raise ParameterError("lambda_b and lambda_w of CriticalityReport.dntk_ratios must not both be 0.")
-            rho = lambda_b / theta_star
+            rho = self._k_star_zero_rho("dntk_ratios", "dNTK asymptotics", "docs/dntk.md", f_w, lambda_b, lambda_w)
             return {
                 "P": -1.0 / 12.0,
                 "Q": -rho / 16.0,

@@ -139,7 +139,7 @@ def _check_gd(out, label):
 def test_gelu_gd_converged_two_widths(stats_gelu):
     """Depth-3 GELU, GD to convergence at η = 1/λ_max(Θ̃), widths 32 and 64 (fast variant)."""
     eta = _eta(stats_gelu, 1.0)
-    out, runs, _ = _gelu_gd_check(stats_gelu, eta, None, (32, 64), (1_500, 1_500), seed=301, tol=1e-8)
+    out, runs, _ = _gelu_gd_check(stats_gelu, eta, None, (32, 64), (1_000, 1_000), seed=301, tol=1e-8)
     for r in runs:
         assert r.max_residual < 1e-8
     _check_gd(out, "GD converged")
@@ -159,11 +159,11 @@ def test_gelu_gd_finite_steps_two_widths(stats_gelu):
 
 @pytest.mark.slow
 def test_gelu_gd_converged_large(stats_gelu):
-    """Depth-3 GELU, GD to convergence at η = 0.5/λ_max (the tanh tests' rate), widths 64 and 128."""
-    eta = _eta(stats_gelu, 0.5)
-    out, runs, _ = _gelu_gd_check(stats_gelu, eta, None, (64, 128), (8_000, 4_000), seed=321)
+    """Depth-3 GELU, GD to convergence at η = 1/λ_max, widths 64 and 128 (≈ 3 min on 2 cores)."""
+    eta = _eta(stats_gelu, 1.0)
+    out, runs, _ = _gelu_gd_check(stats_gelu, eta, None, (64, 128), (6_000, 2_000), seed=321, tol=1e-8)
     for r in runs:
-        assert r.max_residual < 1e-10
+        assert r.max_residual < 1e-8
     _check_gd(out, "GD converged (large)")
 
 
