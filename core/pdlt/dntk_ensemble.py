@@ -114,6 +114,45 @@ def _derivatives(act, z: np.ndarray, top: int) -> list[np.ndarray]:
     return [np.asarray(act.derivative(z, d), dtype=float) for d in range(top + 1)]
 
 
+def _output_selection(outputs, n_out: int):
+    if outputs is None:
+        return None
+    sel = np.asarray(outputs).reshape(-1)
+    if (sel.size < 1 or not np.issubdtype(sel.dtype, np.integer) or np.any(sel < 0) or np.any(sel >= n_out)
+            or len(np.unique(sel)) != sel.size):
+        raise ParameterError(
+            f"The 'outputs' parameter must be distinct integers in [0, n_L = {n_out}). Got {outputs!r} instead."
+        )
+    return sel.astype(int)
+
+
+def _residual_strengths(net, params: NetworkParameters, L: int):
+    """(γ, ξ) of a residual architecture (attributes ``gammas``, ``xis``), or None for a plain MLP
+    (absent, or γ = 0 and ξ = 1 everywhere: then the MLP code path runs unchanged, bit for bit)."""
+    gam, xis = getattr(net, "gammas", None), getattr(net, "xis", None)
+    if gam is None and xis is None:
+        return None
+    gam = np.zeros(L) if gam is None else np.asarray(gam, dtype=float).reshape(-1)
+    xis = np.ones(L) if xis is None else np.asarray(xis, dtype=float).reshape(-1)
+    if gam.shape != (L,) or xis.shape != (L,):
+        raise ParameterError(f"The 'net' parameter must give one gamma and one xi per layer (L = {L}). Got {gam!r}, {xis!r} instead.")
+    if np.all(gam == 0.0) and np.all(xis == 1.0):
+        return None
+    if gam[0] != 0.0:
+        raise ParameterError(f"The 'net' parameter must have gamma^(1) = 0 (the first layer is plain). Got {gam[0]!r} instead.")
+    return gam, xis
+
+
+def _scaled_parameters(params: NetworkParameters, xis: np.ndarray) -> NetworkParameters:
+    """W^(ℓ), b^(ℓ) multiplied by ξ^(ℓ): ξ[b + Wσ] + γz is then an MLP layer plus the shortcut, and
+    moving (W, b) along λ∇ equals moving (ξW, ξb) along ξ²λ∇ (same tangent vectors of z)."""
+    return attrs.evolve(
+        params,
+        weights=tuple(x * W for x, W in zip(xis, params.weights)),
+        biases=tuple(x * b for x, b in zip(xis, params.biases)),
+    )
+
+
 def _all_triples(n_out: int, N: int) -> np.ndarray:
     """Direction triples ((a, δ1), (b, δ2), (b, δ3)) for every ordered pair a ≠ b: what R needs."""
     rows = []
@@ -132,6 +171,7 @@ def output_differentials(
     ddntk2: bool = True,
     triples=None,
     check_reverse: bool = False,
+    outputs=None,
 ) -> OutputDifferentials:
     """Exact Ĥ, dĤ, ddĤ^I, ddĤ^II of the output layer of every network in ``params``.
 
@@ -150,10 +190,15 @@ def output_differentials(
         a ≠ b).
     check_reverse : bool
         Also compute dĤ by forward-over-reverse (``dH_reverse``).
+    outputs : sequence of int, optional
+        Output neurons to keep (distinct, in [0, n_L)); default all.  The differentials of the kept
+        neurons are exact and unchanged; this makes wide output layers affordable (cost ∝ kept⁴),
+        e.g. a residual output layer with n_L = n_{L−1}.
 
     Returns
     -------
     OutputDifferentials
+        With ``outputs``, the output index i runs over the kept neurons in the given order.
 
     Notes
     -----
@@ -173,8 +218,15 @@ def output_differentials(
     L = len(widths) - 1
     act = net.activation
     lam_b, lam_w = net.lambda_B, net.lambda_W
+    gam = _residual_strengths(net, params, L)
+    if gam is not None:  # residual net: the branch factor ξ folds into W, b and λ (exact rescaling)
+        gam, xis = gam
+        params = _scaled_parameters(params, xis)
+        lam_b = np.asarray(lam_b, dtype=float) * xis**2
+        lam_w = np.asarray(lam_w, dtype=float) * xis**2
     N = X.shape[0]
-    nL = widths[-1]
+    sel = _output_selection(outputs, widths[-1])
+    nL = widths[-1] if sel is None else len(sel)
     M = nL * N
     Kd = M  # number of directions
     S = params.size
@@ -192,17 +244,22 @@ def output_differentials(
         d = _derivatives(act, zs[-1], top)
         ders.append(d)
         zs.append(_stacked_matmul(Ws[ell], d[0]) + bs[ell][:, :, None])
+        if gam is not None and gam[ell] != 0.0:
+            zs[-1] = zs[-1] + gam[ell] * zs[-2]
     # ders[ℓ-1] = derivatives at layer ℓ (ℓ = 1..L−1); activations a^(ℓ) = ders[ℓ-1][0], a^(0) = x
 
     # ---- backward pass: g^(ℓ)[s, k, δ, i] = ∂z^(L)_{i;δ}/∂z^(ℓ)_{k;δ} ---------------------------
     g = [None] * (L + 1)
     h = [None] * (L + 1)  # h^(ℓ) = W^(ℓ+1)ᵀ g^(ℓ+1), so g^(ℓ) = σ'(z^(ℓ)) h^(ℓ)
-    g[L] = np.broadcast_to(np.eye(nL)[None, :, None, :], (S, nL, N, nL))
+    eye_out = np.eye(nL) if sel is None else np.eye(widths[-1])[:, sel]
+    g[L] = np.broadcast_to(eye_out[None, :, None, :], (S, widths[-1], N, nL))
     for ell in range(L - 1, 0, -1):
         n_next = widths[ell + 1]
         WT = np.swapaxes(Ws[ell], 1, 2)  # (S, n_ℓ, n_{ℓ+1})
         h[ell] = _stacked_matmul(WT, np.ascontiguousarray(g[ell + 1]).reshape(S, n_next, N * nL)).reshape(S, widths[ell], N, nL)
         g[ell] = ders[ell - 1][1][:, :, :, None] * h[ell]
+        if gam is not None and gam[ell] != 0.0:  # shortcut z^(ℓ+1) ∋ γ z^(ℓ)
+            g[ell] = g[ell] + gam[ell] * g[ell + 1]
     # G^(ℓ)[s, k, J] = g^(ℓ)[s, k, δ_J, i_J]; A^(ℓ)[s, k, J] = a^(ℓ)[s, k, δ_J]
     G = [None] + [g[ell][:, :, dJ, iJ] for ell in range(1, L + 1)]
 
@@ -239,6 +296,11 @@ def output_differentials(
         Z2n = _stacked_matmul(W, A2.reshape(S, n, N * Kd * Kd)).reshape(S, m, N, Kd, Kd)
         cross = c * Gn[:, :, None, :, None] * ip2[:, None]
         Z2n = Z2n + cross + np.swapaxes(cross, -1, -2)
+        ge = 0.0 if gam is None else gam[ell]
+        if ge != 0.0:  # the shortcut carries the lower jets unchanged (it has no parameters)
+            Z1n = Z1n + ge * Z1[:, :, :, :]
+            if Z2 is not None:
+                Z2n = Z2n + ge * Z2
         if T:
             s3 = ders[ell - 1][3]
             A3 = s3[..., None] * Z1[..., t1] * Z1[..., t2] * Z1[..., t3]
@@ -251,11 +313,16 @@ def output_differentials(
             for p, q, u in ((t1, t2, t3), (t2, t1, t3), (t3, t1, t2)):
                 ip3 = np.einsum("snT,sndT->sdT", Aell[:, :, p], A2[:, :, :, q, u])
                 Z3n = Z3n + c * Gn[:, :, None, p] * ip3[:, None]
+            if ge != 0.0 and Z3 is not None:
+                Z3n = Z3n + ge * Z3
             Z3 = Z3n
         Z1, Z2 = Z1n, Z2n
         Z1s.append(Z1)
 
     z_out = zs[-1]
+    if sel is not None:
+        z_out, Z1, Z2 = z_out[:, sel], Z1[:, sel], Z2[:, sel]
+        Z3 = Z3[:, sel] if T else None
     H = Z1.reshape(S, M, Kd)  # rows I = i·N + δ
     dH = Z2.reshape(S, M, Kd, Kd)
     ddH1 = Z3.reshape(S, M, T) if T else None
@@ -263,11 +330,13 @@ def output_differentials(
     ddH2 = None
     dH_rev = None
     if ddntk2 or check_reverse:
-        ddH2, dH_rev = _forward_over_reverse(widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, dJ, N, nL, ddntk2, check_reverse)
+        ddH2, dH_rev = _forward_over_reverse(
+            widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, dJ, N, nL, ddntk2, check_reverse, gam
+        )
     return OutputDifferentials(z=z_out, H=H, dH=dH, ddH1=ddH1, triples=triples if T else None, ddH2=ddH2, dH_reverse=dH_rev)
 
 
-def _forward_over_reverse(widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, dJ, N, nL, want_dd2, want_dh):
+def _forward_over_reverse(widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, dJ, N, nL, want_dd2, want_dh, gam=None):
     """ddĤ^II (and dĤ) from the tangent of the backward pass along every v_J.
 
     ∂_b f_{I,J} = ġ_{I,J}, ∂_{W_kj} f_{I,J} = ġ_{I,J}[k] a_I[j] + g_I[k] ȧ_{I,J}[j] for f_{I,J} = Dz_I[v_J],
@@ -292,6 +361,8 @@ def _forward_over_reverse(widths, Ws, X, ders, g, h, G, Z1s, A1s, lam_b, lam_w, 
             WT = np.swapaxes(Ws[ell], 1, 2)
             inner = inner + _stacked_matmul(WT, gdot[ell + 1].reshape(S, n_next, N * nL * Kd)).reshape(S, widths[ell], N, nL, Kd)
         gdot[ell] = s2[:, :, :, None, None] * Z1s[ell][:, :, :, None, :] * h[ell][..., None] + s1[:, :, :, None, None] * inner
+        if gam is not None and gam[ell] != 0.0 and gdot[ell + 1] is not None:  # g^(ℓ) ∋ γ g^(ℓ+1)
+            gdot[ell] = gdot[ell] + gam[ell] * gdot[ell + 1]
 
     def flat_I(x):  # (S, n, N, nL, ...) → (S, n, M, ...) with I = i·N + δ
         sh = x.shape
@@ -395,10 +466,10 @@ def per_network_estimates(od: OutputDifferentials, fan_in: int) -> dict[str, np.
     return out
 
 
-def _bytes_per_network(widths, N: int) -> int:
+def _bytes_per_network(widths, N: int, n_kept: int | None = None) -> int:
     n = np.asarray(widths[1:], dtype=np.int64)
     fan = np.asarray(widths[:-1], dtype=np.int64)
-    nL = int(widths[-1])
+    nL = int(widths[-1]) if n_kept is None else int(n_kept)
     K = nL * N
     T = nL * (nL - 1) * N**3
     per_neuron = N * (8 + 4 * K + 4 * K * K + 4 * T + 4 * nL * K)
@@ -452,6 +523,7 @@ def sample_dntk(
     chunk_size: int | None = None,
     progress: bool | None = None,
     max_memory_mb: float = 256,
+    outputs=None,
 ) -> DntkStatistics:
     """Estimate the output layer's P, Q, R, S, T, U from ``size`` real random MLPs.
 
@@ -472,6 +544,10 @@ def sample_dntk(
         Progress line on stderr (None: only on a TTY).
     max_memory_mb : float
         Approximate working memory per chunk.
+    outputs : sequence of int, optional
+        Output neurons used by the estimators (at least 2; default all; see
+        :func:`output_differentials`).  Neurons are exchangeable, so any two give unbiased
+        estimates; a residual output layer (n_L = n_{L−1}) needs this to stay affordable.
 
     Returns
     -------
@@ -503,14 +579,17 @@ def sample_dntk(
             f"The 'net' parameter of sample_dntk must have depth L >= 2 and n_L >= 2 outputs. Got widths {widths} instead."
         )
     _derivatives(net.activation, np.zeros(1), 3)  # refuse kinked activations before sampling
-    plan = _chunk_plan(size, _bytes_per_network(widths, X.shape[0]), chunk_size, max_memory_mb)
+    sel = _output_selection(outputs, widths[-1])
+    if sel is not None and len(sel) < 2:
+        raise ParameterError(f"The 'outputs' parameter of sample_dntk must select at least 2 output neurons. Got {outputs!r} instead.")
+    plan = _chunk_plan(size, _bytes_per_network(widths, X.shape[0], None if sel is None else len(sel)), chunk_size, max_memory_mb)
     seeds = np.random.SeedSequence(seed).spawn(len(plan))
     acc = {name: _PooledMoments() for name in DNTK_FIELDS}
     fan_in = widths[-2]
     with Progress(size, label="dntk", unit="networks", enabled=progress) as bar:
         for m, ss in zip(plan, seeds):
             params = sample_parameters(net, m, np.random.default_rng(ss))
-            od = output_differentials(net, params, X)
+            od = output_differentials(net, params, X, outputs=sel)
             for name, vals in per_network_estimates(od, fan_in).items():
                 acc[name].add(vals)
             bar.update(m)

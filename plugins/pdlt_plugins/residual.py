@@ -50,7 +50,7 @@ from pdlt.information import hermite_projections
 
 __all__ = [
     "MultiTowerLayer", "ResidualMLP", "ResidualStatistics", "TowerLayer", "first_layer", "input_tower", "next_layer", "odd_tensors_vanish",
-    "single_input_tower",
+    "residual_dntk_step", "single_input_tower",
 ]
 
 
@@ -87,9 +87,9 @@ class ResidualStatistics(Statistics):
 
     #: Appended to the learning algorithms' "statistics missing" errors (pdlt_plugins.learning).
     unavailable_note = (
-        "For residual networks the dNTK/ddNTK statistics P, Q, R, S, T, U are not derived (docs/residual.md): "
-        "gradient descent and the Newton step are available at infinite width (order='leading'); Bayesian "
-        "inference needs only K, V, G1 and works to O(1/n). "
+        "For residual networks the dNTK/ddNTK statistics P, Q, R, S, T, U are derived only for odd activations "
+        "(tanh-like; docs/residual.md): with a non-odd activation, gradient descent and the Newton step are "
+        "available at infinite width (order='leading'); Bayesian inference needs only K, V, G1 and works to O(1/n). "
     )
 
     Omega: np.ndarray | None = attrs.field(**_arr)
@@ -306,10 +306,9 @@ def _wants_tower(net: "ResidualMLP", X: np.ndarray) -> bool:
 
 
 def _check_order(order: str) -> None:
-    if order not in ("full", "leading"):
+    if order not in ("full", "leading", "dntk"):
         raise ParameterError(
-            f"The 'order' parameter of the residual_mlp layer maps must be 'full' or 'leading'. Got {order!r} instead. "
-            "The dNTK/ddNTK statistics (P, Q, R, S, T, U) of residual networks are not derived yet (docs/residual.md)."
+            f"The 'order' parameter of the residual_mlp layer maps must be 'full', 'leading' or 'dntk'. Got {order!r} instead."
         )
 
 
@@ -324,6 +323,10 @@ def first_layer(net: ResidualMLP, X: np.ndarray, order: str) -> ResidualStatisti
         N = X.shape[0]
         z2, z3, z4 = np.zeros((N, N)), np.zeros((N,) * 3), np.zeros((N,) * 4)
         fields.update(V=z4, G1=z2, H1=z2, A=z4, B=z4, D=z4, F=z4, Omega=z3, Pi=z3, Phi=z3)
+    if order == "dntk":
+        from .dntk_recursions import first_layer_dntk
+
+        fields.update(first_layer_dntk(X.shape[0]))
     out = ResidualStatistics(layer=1, width=net.widths[1], fan_in=n0, **fields)
     if order != "leading" and net.depth > 1 and _wants_tower(net, X):
         _attach_tower(out, input_tower(net, X, ntk=True))
@@ -399,6 +402,8 @@ def next_layer(net: ResidualMLP, s: Statistics, ell: int, order: str, rule=None)
         fields.update({name: getattr(T, name) for name in ("V", "G1", "H1", "A", "B", "D", "F", "Omega", "Pi", "Phi")})
     elif order != "leading":
         fields.update(_corrections(net, E, s, C, lw, g))
+    if order == "dntk":
+        fields.update(residual_dntk_step(net, E, s, C, lw, g, layer=ell + 1))
     out = ResidualStatistics(layer=ell + 1, width=net.widths[ell + 1], fan_in=s.width, quadrature_error=E.max_error, **fields)
     if tower is not None:
         _attach_tower(out, tower)
@@ -553,6 +558,111 @@ def _corrections(net, E: LayerExpectations, s: Statistics, C: float, lw: float, 
         Omega_new = Pi_new = Phi_new = zero3
     out.update(Omega=Omega_new, Pi=Pi_new, Phi=Phi_new)
     return out
+
+
+def residual_dntk_step(net, E: LayerExpectations, s: Statistics, C: float, lw: float, g: float, *, layer: int | None = None) -> dict:
+    """P, Q, R, S, T, U of the residual layer ℓ+1 from the statistics of layer ℓ (docs/residual.md).
+
+    Parameters
+    ----------
+    net : ResidualMLP
+        Only its activation is read (to check that σ is odd).
+    E : LayerExpectations
+        Gaussian expectations over K^(ℓ) = ``s.K``.
+    s : Statistics
+        Layer ℓ with Θ, B, F and P, Q, R, S, T, U (None read as zero, as for layer 1).
+    C, lw : float
+        Effective ξ²C_W and ξ²λ_W of layer ℓ+1 (> 0 and >= 0).
+    g : float
+        Shortcut strength γ^(ℓ+1).
+    layer : int, optional
+        ℓ+1, for messages.
+
+    Returns
+    -------
+    dict
+        ``{"P", "Q", "R", "S", "T", "U"}`` in the storage order of :mod:`pdlt_plugins.dntk_recursions`.
+
+    Notes
+    -----
+    Book ch. 11, ∞ and App. B.  With z^(ℓ+1) = y + γz^(ℓ) (y the MLP branch) every tensor is the MLP
+    layer map (:func:`pdlt_plugins.dntk_recursions.dntk_step`, with the branch's own F' in Q) plus
+
+        P += γ²{CΘ01Θ02⟨σ''_0σ_3⟩ + rC[B_0012⟨σ''_0σ_3⟩ + Σ_e P_012e⟨∂_e(σ'_0σ_3)⟩] + rC⟨σ'_1σ'_2⟩P} + γ⁴rP
+        Q += γ²{Θ02⟨τ_01 z_3⟩ + rΣ_e F_0e23⟨∂_eτ_01⟩ + rC⟨σ'_0σ'_1⟩Q + rCΣ_g Q_012g⟨∂_g(σ'_2σ_3)⟩} + γ⁴rQ
+        R += γ²{Θ02Θ03⟨∂_(0)τ_01⟩ + r[B_0023⟨∂_(0)τ_01⟩ + Σ_e P_023e⟨∂_eτ_01⟩] + rC(⟨σ'_0σ'_1⟩ + ⟨σ'_2σ'_3⟩)R} + γ⁴rR
+        S += γ²{Θ13Θ24⟨∂_(1)∂_(2)q_12⟩ + r⟨∂_(1)∂_(2)q_12⟩B_1234 + rC(⟨σ'_1σ'_2⟩ + ⟨σ'_3σ'_4⟩)S} + γ⁴rS
+        T += γ²{rΣ_e Q_132e⟨∂_eτ_24⟩ + rΣ_g Q_241g⟨∂_gτ_13⟩ + rC(⟨σ'_1σ'_3⟩ + ⟨σ'_2σ'_4⟩)T} + γ⁴rT
+        U += γ²rC(⟨σ'_1σ'_4⟩ + ⟨σ'_2σ'_3⟩)U + γ⁴rU
+
+    (τ_ab = λ_Wσ'_aσ_b + CΘ_abσ''_aσ'_b, q_ab = λ_Wσ_aσ_b + CΘ_abσ'_aσ'_b, r = n_ℓ/n_{ℓ−1}, ⟨·⟩ over
+    K^(ℓ), slot derivatives as in theory/dntk.md).  Two-neuron correlators of layer ℓ are closed
+    as in the MLP (E[Ĥ_jmĤ_jm f(z_j)g(z_m)] = B⟨f⟩⟨g⟩/n, …); for residual layers below ℓ this
+    factorisation is an approximation (the closure of the module docstring), measured in
+    docs/residual.md.
+
+    Raises
+    ------
+    ParameterError
+        σ is not odd and γ ≠ 0 here or the three-point tensors Ω, Π, Φ of layer ℓ are non-zero:
+        the odd-correlator contributions to P..U are not derived.
+    """
+    from .dntk_recursions import _Broadcast, _Expectations, _insert_last, _p_insert, dntk_step
+
+    N = E.N
+    if not odd_tensors_vanish(net.activation):
+        odd_nonzero = any(getattr(s, n, None) is not None and np.any(getattr(s, n)) for n in ("Omega", "Pi", "Phi"))
+        if g != 0.0 or odd_nonzero:
+            raise ParameterError(
+                f"The dNTK statistics P, Q, R, S, T, U of a residual layer (layer {layer}) are not derived for "
+                f"activations that are not odd: activation {net.activation.name!r} with gamma = {g!r} makes the "
+                "three-point tensors Omega, Pi, Phi non-zero, and their contributions to P..U are not derived "
+                "(docs/residual.md). Use an odd activation (e.g. tanh), or gamma = 0 in every layer."
+            )
+    base = dntk_step(E, s, C, lw, F_next=None, undefined="nan")
+    if g == 0.0:
+        return base
+    zero = np.zeros((N,) * 4)
+    B, F, P, Q, R, S, T, U = (zero if getattr(s, f) is None else np.asarray(getattr(s, f)) for f in ("B", "F", "P", "Q", "R", "S", "T", "U"))
+    r = s.width / s.fan_in
+    Th, K = np.asarray(s.Theta), np.asarray(s.K)
+    Ex = _Expectations(E)
+    S11, S20, S22, S31 = Ex.pair(1, 1), Ex.pair(2, 0), Ex.pair(2, 2), Ex.pair(3, 1)
+    uw10, uw21 = Ex.first(1, 0), Ex.first(2, 1)
+    Tu = lw * uw10[0] + C * Th * uw21[0]  # ⟨∂_e τ_ab⟩ = δ_ea Tu_ab + δ_eb Tw_ab
+    Tw = lw * uw10[1] + C * Th * uw21[1]
+    dtau = lw * S20 + C * Th * S31  # ⟨∂_(0) τ_01⟩
+    ddq = lw * S11 + C * Th * S22  # ⟨∂_(1)∂_(2) q_12⟩
+    ar = np.arange(N)
+    g2, g4r = g * g, g**4 * r
+
+    # ---- P, Q, R (slots 0, 1, 2, 3)
+    th, pr = _Broadcast(Th, "0123"), _Broadcast(None, "0123")
+    B0012 = B[ar, ar][:, :, :, None]
+    P_x = C * th("0", "1") * th("0", "2") * pr(S20, "0", "3") + r * C * (
+        B0012 * pr(S20, "0", "3") + _p_insert(P, uw10) + pr(S11, "1", "2") * P
+    )
+    tz = Tu[:, :, None] * K[:, None, :] + Tw[:, :, None] * K[None, :, :]  # ⟨τ_01 z_3⟩ = Σ_e K_e3⟨∂_eτ_01⟩, [0, 1, 3]
+    F_tau = Tu[:, :, None, None] * F[ar, ar][:, None, :, :] + Tw[:, :, None, None] * F  # Σ_e F_0e23⟨∂_eτ_01⟩
+    Q_x = th("0", "2") * tz[:, :, None, :] + r * F_tau + r * C * (pr(S11, "0", "1") * Q + _insert_last(Q, uw10))
+    P0230 = np.einsum("abca->abc", P)
+    P_tau = Tu[:, :, None, None] * P0230[:, None, :, :] + Tw[:, :, None, None] * np.einsum("acdb->abcd", P)
+    R_x = th("0", "2") * th("0", "3") * pr(dtau, "0", "1") + r * (
+        np.einsum("aacd->acd", B)[:, None, :, :] * pr(dtau, "0", "1") + P_tau
+    ) + r * C * (pr(S11, "0", "1") + pr(S11, "2", "3")) * R
+
+    # ---- S, T, U (slots 1, 2, 3, 4)
+    th, pr = _Broadcast(Th, "1234"), _Broadcast(None, "1234")
+    S_x = th("1", "3") * th("2", "4") * pr(ddq, "1", "2") + r * pr(ddq, "1", "2") * B + r * C * (pr(S11, "1", "2") + pr(S11, "3", "4")) * S
+    U_x = r * C * (S11[:, :, None, None] + S11[None, None, :, :]) * U  # storage order (1, 4, 2, 3)
+    Q_bda = np.einsum("bdaa->abd", Q)
+    Q_term1 = Tu[:, None, :, None] * Q_bda[:, :, None, :] + Tw[:, None, :, None] * np.einsum("bdac->abcd", Q)  # Σ_e Q_241e⟨∂_eτ_13⟩
+    Q_term2 = np.einsum("badc->abcd", Q_term1)  # Σ_g Q_132g⟨∂_gτ_24⟩
+    T1234 = np.einsum("acdb->abcd", T)
+    T_x = np.einsum("abcd->acdb", r * (Q_term1 + Q_term2) + r * C * (pr(S11, "1", "3") + pr(S11, "2", "4")) * T1234)
+
+    extra = {"P": (P_x, P), "Q": (Q_x, Q), "R": (R_x, R), "S": (S_x, S), "T": (T_x, T), "U": (U_x, U)}
+    return {k: base[k] + g2 * x + g4r * old for k, (x, old) in extra.items()}
 
 
 def _one_neuron_ntk_three_point(Pi: np.ndarray, Phi: np.ndarray) -> np.ndarray:

@@ -84,7 +84,7 @@ def test_plain_residual_trains_like_the_mlp():
 
 
 def test_solver_on_residual_networks():
-    """Infinite width: GD, Newton step and Bayesian work; O(1/n) GD names the missing P..U."""
+    """Infinite width: GD, Newton step and Bayesian work; O(1/n) GD works for tanh and names the missing P..U for GELU."""
     net = ResidualMLP(input_dim=2, hidden_widths=[16] * 3, output_dim=1, activation=pdlt.activation("tanh"),
                       gamma=0.5).at_criticality()
     XA, XB, y = X[:2], X[2:], np.array([[0.3], [-0.2]])
@@ -94,5 +94,9 @@ def test_solver_on_residual_networks():
     np.testing.assert_allclose(d.mean_infinite, Th[2:, :2] @ np.linalg.solve(Th[:2, :2], y), rtol=1e-10)
     post = pdlt.solve(net, pdlt.Bayesian(noise_variance=0.1), XA, y, XB)
     assert post.mean_correction is not None and np.all(np.isfinite(post.mean_correction))
-    with pytest.raises(ParameterError, match="residual networks the dNTK/ddNTK statistics"):
-        pdlt.solve(net, pdlt.GradientDescent(learning_rate=0.1), XA, y, XB)
+    # O(1/n) GD: P..U of residual layers are derived for odd σ (tanh); refused for non-odd σ
+    d1 = pdlt.solve(net, pdlt.GradientDescent(learning_rate=0.1), XA, y, XB)
+    assert d1.mean_correction is not None and np.all(np.isfinite(d1.mean_correction))
+    gelu = net.evolve(activation=pdlt.activation("gelu"))
+    with pytest.raises(ParameterError, match="not derived for activations that are not odd"):
+        pdlt.solve(gelu, pdlt.GradientDescent(learning_rate=0.1), XA, y, XB)

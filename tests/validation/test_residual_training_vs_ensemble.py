@@ -13,8 +13,9 @@ Only a smooth σ (tanh) is checked: for ReLU (γ = 0.6, two-dimensional inputs) 
 n(E[z_T] − m^∞) grows like √n over n = 16..128 (0.57, 0.84, 1.36, 1.94 for one component), i.e. the
 GD-trained mean approaches m^∞ only like n^{-1/2}; see docs/residual.md.
 
-The O(1/n) GD prediction needs the dNTK/ddNTK statistics P..U of residual networks, which are not
-derived (docs/residual.md): ``pdlt.solve`` raises a ParameterError for it.
+The O(1/n) GD prediction for residual networks with odd σ (residual P..U, docs/residual.md) is checked
+against real trained residual networks in tests/validation/test_residual_dntk_vs_ensemble.py; for
+non-odd σ ``pdlt.solve`` raises a ParameterError (the three-point dNTK terms are not derived).
 """
 
 from __future__ import annotations
