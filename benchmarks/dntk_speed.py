@@ -12,10 +12,15 @@ Activations: tanh (no closed forms beyond pairs, so the 3–4-variable expectati
 and the linear activation (every Gaussian expectation is a closed-form Wick moment).
 
 Default (≈ 2 CPU-minutes): linear N = 2, 4, 8, 16, 24, 32; tanh N = 2, 3, 4 with the accurate rule and
-N = 2, 3, 4, 6, 8 with the "fast" rule.  ``--large`` adds tanh N = 8 (accurate rule, ≈ 15 CPU-minutes)
-and N = 16 (fast rule, ≈ 20 CPU-minutes).
+N = 2, 3, 4, 6, 8 with the "fast" rule.  ``--large`` adds tanh N = 8 (accurate rule, ≈ 0.5 CPU-minutes)
+and N = 16 (fast rule, ≈ 1 CPU-minute) (docs/performance.md, "dNTK order").
 
-Run: python benchmarks/dntk_speed.py [--large]
+``--gd N_TRAIN …`` instead times the finite-width gradient-descent prediction
+(``pdlt.solve(net, GradientDescent, X_train, y_train, X_test)`` at O(1/n), which runs the dNTK-order
+flow on the N = N_train + N_test inputs), tanh at criticality, 1-D regression inputs, L = 5, with
+N_test = N_train.
+
+Run: python benchmarks/dntk_speed.py [--large] [--gd N_TRAIN ...]
 """
 
 from __future__ import annotations
@@ -63,15 +68,40 @@ def measure(activation: str, N: int, quadrature: str) -> dict:
     return {"wall": walls, "cpu": cpus, "peak": peak / 2**20}
 
 
+def measure_gd(n_train: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the O(1/n) gradient-descent prediction with N_train = N_test = n_train."""
+    from pdlt.data import regression_1d
+    from pdlt.plugins import lookup
+    from pdlt.solver import solve
+
+    act = pdlt.activation("tanh")
+    report = pdlt.criticality(act)
+    net = pdlt.MLP(input_dim=1, hidden_widths=[64] * (DEPTH - 1), activation=act, c_b=report.c_b, c_w=report.c_w)
+    Xa, ya, Xb, _ = regression_1d(n_train=n_train, n_test=n_train, design="grid")
+    gd = lookup("learning_algorithm", "gradient_descent")(learning_rate=0.01)  # < 2/λ_max(Θ̃) (0.093 at N_train = 6); the cost does not depend on it
+    wall, cpu = time.perf_counter(), time.process_time()
+    dist = solve(net, gd, Xa, ya, Xb, order="dntk", warn_regime=False)
+    assert np.all(np.isfinite(dist.covariance))
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def fit_exponent(xs, ts) -> float:
     return float(np.polyfit(np.log(xs), np.log(ts), 1)[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--large", action="store_true", help="add tanh N = 8 (accurate) and N = 16 (fast rule): ≈ 35 CPU-minutes")
+    parser.add_argument("--large", action="store_true", help="add tanh N = 8 (accurate) and N = 16 (fast rule): ≈ 2 CPU-minutes")
+    parser.add_argument("--gd", type=int, nargs="+", metavar="N_TRAIN", help="time the O(1/n) GD prediction instead")
     args = parser.parse_args()
     machine_header()
+    if args.gd:
+        print(f"# O(1/n) gradient-descent prediction (pdlt.solve, order='dntk'), tanh at criticality, 1-D inputs, width 64, L = {DEPTH}")
+        print(f"{'N_train':>7} {'N_test':>6} {'wall (s)':>9} {'CPU (s)':>8}")
+        for n in args.gd:
+            wall, cpu = measure_gd(n)
+            print(f"{n:>7} {n:>6} {wall:>9.2f} {cpu:>8.2f}", flush=True)
+        return
     plans = [("linear", "accurate", (2, 4, 8, 16, 24, 32)), ("tanh", "accurate", (2, 3, 4)), ("tanh", "fast", (2, 3, 4, 6, 8))]
     if args.large:
         plans = [plans[0], ("tanh", "accurate", (2, 3, 4, 8)), ("tanh", "fast", (2, 3, 4, 6, 8, 16))]

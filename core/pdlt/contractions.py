@@ -108,6 +108,9 @@ def fourth_contract(V: np.ndarray, E4: dict[int, np.ndarray]) -> np.ndarray:
 #: The four-slot derivative patterns integrated together on one shared grid (σ and σ' only:
 #: every O(1/n) recursion of the MLP and the residual MLP draws its quadruples from these).
 _FIRST_ORDER_FAMILY = tuple(itertools.product((0, 1), repeat=4))
+#: Codes of higher-order four-slot patterns: orders (o1..o4) ↦ Σ o_s B^(3−s), orders < B.
+_HIGHER_BASE = 8
+_HIGHER_WEIGHTS = _HIGHER_BASE ** np.arange(3, -1, -1)
 
 
 class LayerExpectations:
@@ -153,6 +156,9 @@ class LayerExpectations:
         self._quads: dict[tuple[int, ...], np.ndarray] = {}
         self._totals: dict[tuple[int, int, int], np.ndarray] = {}
         self._family: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._multisets: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._multiset_rows: np.ndarray | None = None
+        self._higher: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._hermite: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.max_error = 0.0
 
@@ -346,6 +352,9 @@ class LayerExpectations:
             if orders in _FIRST_ORDER_FAMILY and self._ordinary(1):
                 self._quads[orders] = self._gather_family(orders)
                 return self._quads[orders]
+            if len(orders) == 4 and self._ordinary(*orders) and max(orders) < _HIGHER_BASE:
+                self._quads[orders] = self._gather_higher(orders)
+                return self._quads[orders]
             # reuse a computed tensor whose slots are a permutation of these
             for perm in itertools.permutations(range(4)):
                 key = tuple(orders[p] for p in perm)
@@ -366,33 +375,127 @@ class LayerExpectations:
         pattern = carried @ (2 ** np.arange(3, -1, -1))  # index in _FIRST_ORDER_FAMILY
         return table[inverse, pattern].reshape((self.N,) * 4)
 
-    def _integrate_family(self):
-        """All 16 patterns of _FIRST_ORDER_FAMILY on every multiset {a ≤ b ≤ c ≤ d} of inputs."""
-        N = self.N
-        tuples = np.indices((N,) * 4).reshape(4, -1).T
-        perm = np.argsort(tuples, axis=1, kind="stable")
-        uniq, inverse = _unique_rows(np.take_along_axis(tuples, perm, axis=1), N)
-        blocks = self.K[uniq[:, :, None], uniq[:, None, :]]
-        table = np.empty((len(uniq), len(_FIRST_ORDER_FAMILY)))
+    def _multiset_blocks(self):
+        """(blocks, inverse, perm): the 4×4 blocks of K on every multiset {a ≤ b ≤ c ≤ d} of inputs,
+        the multiset of every index tuple (N⁴,) and the permutation that sorts it (N⁴, 4)."""
+        if self._multisets is None:
+            N = self.N
+            tuples = np.indices((N,) * 4).reshape(4, -1).T
+            perm = np.argsort(tuples, axis=1, kind="stable")
+            uniq, inverse = _unique_rows(np.take_along_axis(tuples, perm, axis=1), N)
+            self._multisets = (self.K[uniq[:, :, None], uniq[:, None, :]], inverse, perm)
+            self._multiset_rows = uniq
+        return self._multisets
+
+    def _multiset_blocks_index(self) -> np.ndarray:
+        """(M, 4) sorted input indices of the multisets of :meth:`_multiset_blocks`."""
+        self._multiset_blocks()
+        return self._multiset_rows
+
+    def prefetch_quads(self, orders_list) -> None:
+        """Integrate the four-slot tensors ⟨σ^(o1)σ^(o2)σ^(o3)σ^(o4)⟩ of several order multisets
+        together, so that later :meth:`quad` calls for any slot arrangement of them are gathers.
+
+        Every distinct arrangement of each multiset of orders (e.g. the 12 of {2, 1, 1, 0}) is
+        integrated once per multiset of inputs, on at most three grids per input multiset shared by
+        all patterns (:func:`~pdlt.gaussian.quadrature_many`).  Used by the dNTK step (book §11.2,
+        §∞.3), whose recursions need {2,1,1,0}, {3,1,1,1} and {2,2,1,1}.
+
+        Parameters
+        ----------
+        orders_list : sequence of 4-tuples of int
+            Derivative orders; only their multisets matter.  Multisets with an order beyond the
+            activation's ordinary derivatives (distributions of a kinked σ) or ≥ 8, of the
+            first-order family (σ, σ' only: :meth:`quad` has them), or already computed are skipped.
+        """
+        keys = []
+        for orders in orders_list:
+            key = tuple(sorted(int(o) for o in orders))
+            if len(key) != 4 or not self._ordinary(*key) or max(key) >= _HIGHER_BASE or max(key) <= 1 or key in self._higher or key in keys:
+                continue
+            keys.append(key)
+        if not keys:
+            return
+        patterns = [sorted(set(itertools.permutations(key))) for key in keys]
+        flat = [p for group in patterns for p in group]
+        blocks, _, _ = self._multiset_blocks()
+        # Variable order of the integration, per class of multisets (which sorted indices are
+        # equal).  3–4 distinct inputs: a variable carrying only σ, σ' goes last — the last
+        # Cholesky variable is the one that becomes deterministic when the block is singular
+        # (more inputs than input dimensions), and a σ'' there is integrated on outer levels
+        # whose panels do not follow its features (measured: 1e-3 instead of 1e-7 relative).
+        # ≤ 2 distinct inputs: the variable with the highest order first (the sharpest factor on
+        # the outer, feature-split level), as a single pattern's integration orders them.
+        # Patterns sharing a variable order share a grid (≤ 3 grids per multiset).
+        table = np.empty((len(blocks), len(flat)))
+        multisets = self._multiset_blocks_index()
+        same = multisets[:, 1:] == multisets[:, :-1]
+        classes, cls = np.unique(same, axis=0, return_inverse=True)
+        for c, eq in enumerate(classes):
+            sel = np.flatnonzero(cls.ravel() == c)
+            var = np.concatenate([[0], np.cumsum(~eq)])  # variable of each slot
+            m = int(var[-1]) + 1
+            grids: dict[tuple[int, ...], list[int]] = {}
+            for i, orders in enumerate(flat):
+                top = [max(o for o, v in zip(orders, var) if v == u) for u in range(m)]
+                if m <= 2:
+                    rank = sorted(range(m), key=lambda u: -top[u])
+                else:
+                    smooth = [u for u in range(m) if top[u] <= 1]
+                    last = smooth[-1] if smooth else m - 1
+                    rank = [u for u in range(m) if u != last] + [last]
+                order = tuple(t for u in rank for t in range(4) if var[t] == u)
+                grids.setdefault(order, []).append(i)
+            for order, rows in grids.items():
+                o_ = list(order)
+                sub = blocks[sel][:, o_][:, :, o_]
+                table[np.ix_(sel, rows)] = self._integrate_patterns([tuple(flat[i][t] for t in o_) for i in rows], sub)
+        start = 0
+        for key, group in zip(keys, patterns):
+            lookup = np.full(_HIGHER_BASE**4, -1, dtype=np.int64)
+            lookup[np.asarray(group) @ _HIGHER_WEIGHTS] = np.arange(len(group))
+            self._higher[key] = (table[:, start : start + len(group)], lookup)
+            start += len(group)
+
+    def _gather_higher(self, orders: tuple[int, ...]) -> np.ndarray:
+        """As :meth:`_gather_family` for one multiset of orders with σ'' or higher (all its slot
+        arrangements integrated together by :meth:`prefetch_quads`)."""
+        key = tuple(sorted(orders))
+        if key not in self._higher:
+            self.prefetch_quads([key])
+        table, lookup = self._higher[key]
+        _, inverse, perm = self._multiset_blocks()
+        carried = np.asarray(orders)[perm]
+        return table[inverse, lookup[carried @ _HIGHER_WEIGHTS]].reshape((self.N,) * 4)
+
+    def _integrate_patterns(self, orders_list, blocks) -> np.ndarray:
+        """(B, P) table of every pattern of ``orders_list`` on ``blocks``: closed forms where a
+        plugin has one, the rest on one shared quadrature grid (probed error estimates)."""
+        table = np.empty((len(blocks), len(orders_list)))
         open_patterns = []
-        for p, orders in enumerate(_FIRST_ORDER_FAMILY):
-            closed = _closed_form(self.activation, orders, blocks)
+        for p, orders in enumerate(orders_list):
+            closed = _closed_form(self.activation, tuple(orders), blocks)
             if closed is None:
                 open_patterns.append(p)
             else:
                 table[:, p] = closed[0]
         if open_patterns:
-            orders_list = [_FIRST_ORDER_FAMILY[p] for p in open_patterns]
-            full = self._probe_all(len(uniq))
-            v, e = quadrature_many(self.activation, orders_list, blocks, rule=self.rule, estimate_error=full)
+            todo = [tuple(orders_list[p]) for p in open_patterns]
+            full = self._probe_all(len(blocks))
+            v, e = quadrature_many(self.activation, todo, blocks, rule=self.rule, estimate_error=full)
             self._record(v, e)
             if not full:
                 sel = self._probes(blocks)
-                self._record(*quadrature_many(self.activation, orders_list, blocks[sel], rule=self.rule))
+                self._record(*quadrature_many(self.activation, todo, blocks[sel], rule=self.rule))
             table[:, open_patterns] = v.T
         if not np.all(np.isfinite(table)):
             raise NumericalError(f"Four-point expectations of {self.activation.name} are not finite for some inputs.")
-        return table, inverse, perm
+        return table
+
+    def _integrate_family(self):
+        """All 16 patterns of _FIRST_ORDER_FAMILY on every multiset {a ≤ b ≤ c ≤ d} of inputs."""
+        blocks, inverse, perm = self._multiset_blocks()
+        return self._integrate_patterns(_FIRST_ORDER_FAMILY, blocks), inverse, perm
 
     def first(self, d1: int, d2: int) -> tuple[np.ndarray, np.ndarray]:
         """(u, w): ⟨∂_a(σ^(d1)_a σ^(d2)_b)⟩ and ⟨∂_b(…)⟩ as used by :func:`first_derivative_terms`."""

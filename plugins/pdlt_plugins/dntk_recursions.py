@@ -38,7 +38,7 @@ import numpy as np
 from pdlt.contractions import LayerExpectations, first_derivative_terms
 from pdlt.errors import NumericalError, ParameterError
 from pdlt.flow import Flow, Statistics
-from pdlt.gaussian import all_index_tuples, expect
+from pdlt.gaussian import _coincidence_labels, all_index_tuples, expect
 
 __all__ = ["DNTK_FIELDS", "dntk_step", "first_layer_dntk", "dntk_flow", "defined_components"]
 
@@ -86,6 +86,16 @@ def _reduce_variable(orders: list[int], maxd: int, slopes):
         # σ'''σ = (σ''σ)' − σ''σ' → −(a₊² − a₋²)/2 δ
         return ("dist", -(a_p**2 - a_m**2) / (2 * jump), 2)
     return ("undefined",)
+
+
+class _Fallback(Exception):
+    """A conditioned block left the cases :meth:`_Expectations._conditioned` handles."""
+
+
+def _deterministic(C: np.ndarray) -> np.ndarray:
+    """(B,) bool: a variable of a conditional covariance block has (numerically) zero variance."""
+    d = np.diagonal(C, axis1=1, axis2=2)
+    return np.any(d <= 1e-13 * np.maximum(d.max(axis=1), 1e-300)[:, None], axis=1)
 
 
 class _Expectations:
@@ -164,6 +174,14 @@ class _Expectations:
                 continue
             idx = tuples[rows][:, slots]
             blocks = self.E.K[idx[:, :, None], idx[:, None, :]]
+            if not any(ins) and self.slopes is not None and max(red_orders) > self.maxd:
+                # δ or δ' factors: condition on the kink instead of integrating by parts on the
+                # full grid (same values, one dimension less per δ)
+                distinct = [slots.index(s) for s in range(k) if s in slots and labels.index(labels[s]) == s]
+                vals = self._conditioned(tuple(red_orders), blocks, distinct)
+                if vals is not None:
+                    out[rows] = coef * vals
+                    continue
             try:
                 vals, errs = expect(self.act, tuple(red_orders), blocks, insert=tuple(ins), rule=self.E.rule)
             except NumericalError:
@@ -171,6 +189,85 @@ class _Expectations:
             self.E._record(np.atleast_1d(vals), np.atleast_1d(errs))
             out[rows] = coef * np.atleast_1d(vals)
         return out[inverse.ravel()].reshape((self.N,) * k)
+
+    def _conditioned(self, orders: tuple[int, ...], blocks: np.ndarray, distinct: list[int]) -> np.ndarray | None:
+        """⟨Π_s σ^(o_s)(z_s)⟩ on blocks of distinct variables for the ReLU family, whose σ'' = J δ
+        and σ''' = J δ' (J = a₊ − a₋), by conditioning on the kink of one distributional factor:
+
+        ⟨δ(z_s) g⟩ = φ_s(0) ⟨g⟩_{z_s=0},  ⟨δ'(z_s) g⟩ = −φ_s(0) Σ_{r≠s} (K_rs/K_ss) ⟨∂_r g⟩_{z_s=0},
+
+        with φ_s(0) = (2πK_ss)^(−1/2) and the conditional covariance K_rt − K_rs K_st/K_ss; recursive
+        until every factor is ordinary (book §∞.3 statistics; docs/dntk.md).  ``distinct``: one slot
+        per distinct variable (slots of coinciding inputs carry ordinary factors only).  Returns None
+        (the caller then integrates by parts as before, which raises or leaves NaN) when the block of
+        distinct variables is ill-conditioned, a conditioned variable becomes deterministic, or the
+        engine finds an undefined product of distributions.
+        """
+        sub = blocks[:, distinct][:, :, distinct]
+        d = np.diagonal(sub, axis1=1, axis2=2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cond = np.linalg.cond(sub) if sub.shape[1] > 1 else np.where(d[:, 0] > 0, 1.0, np.inf)
+        if np.any(d <= 0) or np.any(~np.isfinite(cond)) or np.any(cond > 1e12):
+            return None
+        try:
+            vals, errs = self._condition_rec(orders, blocks)
+        except (_Fallback, NumericalError):
+            return None
+        self.E._record(vals, errs)
+        return vals
+
+    def _condition_rec(self, orders, blocks):
+        if max(orders) <= self.maxd:
+            v, e = expect(self.act, orders, blocks, rule=self.E.rule)
+            return np.atleast_1d(v), np.atleast_1d(e)
+        a_p, a_m = self.slopes
+        jump = a_p - a_m
+        s = max(range(len(orders)), key=lambda t: orders[t])  # condition on the highest order
+        rest = [t for t in range(len(orders)) if t != s]
+        if orders[s] not in (2, 3) or not rest:
+            raise _Fallback
+        Kss = blocks[:, s, s]
+        ks = blocks[:, rest, s]
+        C = blocks[:, rest][:, :, rest] - ks[:, :, None] * ks[:, None, :] / Kss[:, None, None]
+        C = 0.5 * (C + np.swapaxes(C, 1, 2))
+        if np.any(_deterministic(C)):
+            raise _Fallback
+        phi = jump / np.sqrt(2 * np.pi * Kss)
+        sub = [orders[t] for t in rest]
+        if orders[s] == 2:
+            v, e = self._condition_rec(tuple(sub), C)
+            return phi * v, np.abs(phi) * e
+        # δ': the derivative of the rest along the regression direction, slot by slot (product
+        # rule); slots of coinciding inputs form one variable, whose raised product is reduced to
+        # its kink limit (σ''σ'^k → a δ, or zero) as in _reduce_variable
+        labels = _coincidence_labels(C)
+        if np.any(labels != labels[0]):
+            raise _Fallback
+        labels = [int(x) for x in labels[0]]
+        v = np.zeros(len(blocks))
+        e = np.zeros(len(blocks))
+        for j in range(len(rest)):
+            raised = list(sub)
+            raised[j] += 1
+            on_v = [t for t in range(len(sub)) if labels[t] == labels[j]]
+            keep = list(range(len(sub)))
+            coef = 1.0
+            if len(on_v) > 1:
+                red = _reduce_variable([raised[t] for t in on_v], self.maxd, self.slopes)
+                if red[0] == "zero":
+                    continue
+                if red[0] == "undefined":
+                    raise _Fallback
+                if red[0] == "dist":
+                    coef = red[1]
+                    raised[j] = red[2]
+                    keep = [t for t in keep if t == j or t not in on_v]
+            Cj = C[:, keep][:, :, keep]
+            vj, ej = self._condition_rec(tuple(raised[t] for t in keep), Cj)
+            c = -coef * phi * ks[:, j] / Kss
+            v += c * vj
+            e += np.abs(c) * ej
+        return v, e
 
     def _ordinary(self, *orders) -> bool:
         return max(orders) <= self.maxd
@@ -308,6 +405,9 @@ def dntk_step(
     r = s.width / s.fan_in
     Th = s.Theta
     Ex = _Expectations(E)
+    # the three higher-order quadruple families below, integrated together on one grid per input
+    # multiset (smooth σ; no-op for the distributional ones of a kinked σ)
+    E.prefetch_quads([(2, 1, 1, 0), (3, 1, 1, 1), (2, 2, 1, 1)])
 
     S11 = Ex.pair(1, 1)
     S20 = Ex.pair(2, 0)

@@ -426,3 +426,58 @@ def test_relu_is_the_smooth_kink_limit(relu_nan_flow):
         assert 0.35 < err[k, 0.025] / err[k, 0.05] < 0.65, k  # first order in ε
         if k in "RSTU":
             assert 1.6 < undef[k, 0.025] / undef[k, 0.05] < 2.4, k  # ∝ 1/ε
+
+
+@pytest.mark.parametrize("orders", [(2, 1, 1, 0), (3, 1, 1, 1), (2, 2, 1, 1), (3, 0, 1, 1)])
+def test_relu_kink_conditioning_matches_integration_by_parts(orders):
+    """The δ/δ' conditioning of the dNTK step (one dimension less per δ) equals the engine's
+    integration by parts on well-conditioned blocks of distinct inputs, to its stated accuracy."""
+    from pdlt.contractions import LayerExpectations
+    from pdlt.gaussian import expect
+    from pdlt_plugins.dntk_recursions import _Expectations
+
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(6, 4, 4))
+    blocks = A @ np.swapaxes(A, 1, 2) / 4 + 0.3 * np.eye(4)
+    Ex = _Expectations(LayerExpectations(ReLU(), blocks[0]))
+    cond = Ex._conditioned(orders, blocks, [0, 1, 2, 3])
+    ref, err = expect(ReLU(), orders, blocks)
+    assert cond is not None
+    np.testing.assert_allclose(cond, ref, rtol=0, atol=1e-6 * np.abs(ref).max() + 10 * err.max())
+
+
+def test_prefetched_higher_order_quads_match_single_pattern_integration():
+    """LayerExpectations.prefetch_quads (all slot arrangements of {2,1,1,0}, {3,1,1,1}, {2,2,1,1}
+    on shared grids per input multiset) equals the one-pattern-per-tensor integration, and every
+    arrangement is the matching transpose of the others."""
+    act = Tanh()
+    X = np.random.default_rng(1).normal(size=(4, 5))
+    K = 0.1 + X @ X.T / 5
+    E = LayerExpectations(act, K)
+    E.prefetch_quads([(2, 1, 1, 0), (3, 1, 1, 1), (2, 2, 1, 1)])
+    ref = LayerExpectations(act, K)
+    for orders in [(2, 1, 1, 0), (3, 1, 1, 1), (2, 2, 1, 1)]:
+        got, want = E.quad(orders), ref._compute(orders)
+        assert np.abs(got - want).max() <= 1e-7 * np.abs(want).max(), orders  # measured ≤ 1.2e-9
+    np.testing.assert_allclose(E.quad((1, 2, 0, 1)), np.transpose(E.quad((2, 1, 1, 0)), (1, 0, 3, 2)), rtol=0, atol=1e-15)
+    assert E.max_error <= 1.5 * ref.max_error  # the engine's (conservative) coarse-pass estimate
+
+
+@pytest.mark.parametrize("orders", [(3, 1, 1, 0), (3, 1, 1, 1), (3, 0, 1, 1), (2, 1, 1, 0)])
+def test_relu_kink_conditioning_with_coinciding_slots(orders):
+    """Slots 1 and 2 on the same input: the δ' derivative falls on their product, whose kink
+    limit (σ''σ' → δ, σ''σ → 0) is taken as in _reduce_variable; equals integration by parts."""
+    from pdlt.gaussian import expect
+    from pdlt_plugins.dntk_recursions import _Expectations
+
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(5, 3, 3))
+    K3 = A @ np.swapaxes(A, 1, 2) / 3 + 0.3 * np.eye(3)
+    idx = [0, 1, 1, 2]
+    blocks = K3[:, idx][:, :, idx]
+    Ex = _Expectations(LayerExpectations(ReLU(), K3[0]))
+    cond = Ex._conditioned(orders, blocks, [0, 1, 3])
+    assert cond is not None
+    # reference: the engine integrates δ' on input 0 by parts (a Hermite insertion there)
+    ref, err = expect(ReLU(), orders, blocks)
+    np.testing.assert_allclose(cond, ref, rtol=0, atol=1e-6 * np.abs(ref).max() + 10 * err.max())
