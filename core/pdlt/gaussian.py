@@ -648,18 +648,7 @@ def _nested(activation, integrands, L, Kinv, nodes, feats, centers, max_nodes):
                 for j in range(m - 1 - i, m - 1):  # pad to a fixed panel count
                     extra.append(np.full(shape_outer + (len(centers[0]) * len(_INNER_OFFSETS),), _T))
                 c = np.concatenate([c] + extra, axis=-1)
-            # breakpoints that fall outside the range (or are undefined for a degenerate level)
-            # are recycled onto a fixed grid that resolves the Gaussian weight itself
-            n_c = c.shape[-1]
-            fallback = np.linspace(-5.5, 5.5, n_c) if n_c > 1 else np.zeros(1)
-            with np.errstate(invalid="ignore"):
-                inside = np.isfinite(c) & (np.abs(c) < _T)
-            c = np.where(inside, c, fallback)
-            edges = np.concatenate([np.full(mu.shape + (1,), -_T), np.sort(c, axis=-1), np.full(mu.shape + (1,), _T)], axis=-1)
-            lo, hi = edges[..., :-1], edges[..., 1:]
-            half = 0.5 * (hi - lo)
-            u = (lo + half)[..., None] + half[..., None] * x  # (..., panels, nodes)
-            wu = half[..., None] * w * np.exp(-0.5 * u * u) * _INV_SQRT_2PI
+            u, wu = _composite_rule(c, x, w)
             u = u.reshape(shape_outer + (per_dim,))
             us = [uj[..., None] for uj in us] + [u]
             wus.append(wu.reshape(shape_outer + (per_dim,)))
@@ -697,17 +686,28 @@ def _level_rule(mu, s, feats, x, w):
     panels broken where z crosses σ's feature points; shapes mu.shape + (panels · nodes,)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         c = (feats - mu[..., None]) / s[..., None]
+    return _composite_rule(c, x, w)
+
+
+def _composite_rule(c, x, w):
+    """Composite Gauss–Legendre nodes u and weights × N(0,1) density on [−T, T], panels broken at the
+    breakpoints c (shape (..., n_c)); returns arrays of shape c.shape[:-1] + (panels · nodes,).
+
+    Breakpoints that fall outside the range (or are undefined for a degenerate level) are recycled
+    onto a fixed grid that resolves the Gaussian weight itself.
+    """
+    outer = c.shape[:-1]
     n_c = c.shape[-1]
     fallback = np.linspace(-5.5, 5.5, n_c) if n_c > 1 else np.zeros(1)
     with np.errstate(invalid="ignore"):
         inside = np.isfinite(c) & (np.abs(c) < _T)
     c = np.where(inside, c, fallback)
-    edges = np.concatenate([np.full(mu.shape + (1,), -_T), np.sort(c, axis=-1), np.full(mu.shape + (1,), _T)], axis=-1)
+    edges = np.concatenate([np.full(outer + (1,), -_T), np.sort(c, axis=-1), np.full(outer + (1,), _T)], axis=-1)
     lo, hi = edges[..., :-1], edges[..., 1:]
     half = 0.5 * (hi - lo)
-    u = (lo + half)[..., None] + half[..., None] * x
+    u = (lo + half)[..., None] + half[..., None] * x  # (..., panels, nodes)
     wu = half[..., None] * w * np.exp(-0.5 * u * u) * _INV_SQRT_2PI
-    return u.reshape(mu.shape + (-1,)), wu.reshape(mu.shape + (-1,))
+    return u.reshape(outer + (-1,)), wu.reshape(outer + (-1,))
 
 
 def _tabulated_level(activation, factor_sets, mu, s, feats, x, w) -> dict[tuple[int, ...], np.ndarray]:
