@@ -1288,3 +1288,17 @@ def test_nearly_coinciding_training_inputs_warn_with_the_condition_number():
         d = solve(net, GradientDescent(learning_rate=0.1), [[0.5], [0.5 + 1e-6]], [0.1, 0.2], XB, order="leading")
     assert d.condition_number > 1e8 and np.all(np.isfinite(d.mean))
     assert not d.regime.ok
+
+
+def test_bayesian_posterior_ensemble_validates_its_inputs():
+    from pdlt.training import bayesian_posterior_ensemble
+
+    net = pdlt.MLP(input_dim=1, hidden_widths=[4], output_dim=1, activation=pdlt.activation("tanh"))
+    X, y = np.array([[0.5], [1.0]]), np.array([[0.1], [0.2]])
+    with pytest.raises(pdlt.errors.ParameterError, match="noise_variance.*finite and >= 0"):
+        bayesian_posterior_ensemble(net, X, y, X, noise_variance=-1.0, size=40, seed=0)
+    with pytest.raises(pdlt.errors.ParameterError, match="y_train"):
+        bayesian_posterior_ensemble(net, X, y[:1], X, noise_variance=0.1, size=40, seed=0)
+    mean, cov = bayesian_posterior_ensemble(net, X, y, np.array([[0.7]]), noise_variance=0.1, size=40, seed=0)
+    assert mean.mean.shape == (1, 1) and cov.mean.shape == (1, 1, 1, 1)
+    assert np.all(np.isfinite(mean.stderr)) and cov.mean[0, 0, 0, 0] > 0

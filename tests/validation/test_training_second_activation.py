@@ -29,9 +29,8 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.networks import mlp_apply, sample_parameters
 from pdlt.solver import solve
-from pdlt.training import train_ensemble
+from pdlt.training import bayesian_posterior_ensemble, train_ensemble
 from pdlt_plugins.learning import Bayesian, GradientDescent
 
 K_SIGMA = 4.0
@@ -191,46 +190,11 @@ def _relu_net(width, depth):
 
 
 def _bayes_ensemble(width, depth, size, noise, seed, batches=20):
-    """Posterior mean and covariance of the outputs of real ReLU networks, exactly conditioned on y.
-
-    Given the last hidden layer, the output is Gaussian with covariance δ_ij Ĝ; the posterior is the
-    mixture over networks weighted by p(y | Ĝ).  Errors by delete-one-batch jackknife."""
-    net = _relu_net(width, depth)
-    rng = np.random.default_rng(seed)
-    chunks = []
-    for _ in range(batches):
-        p = sample_parameters(net, size // batches, rng)
-        z = mlp_apply(net, p, _BAYES_X, ntk=False)[depth - 2].z
-        s = RELU(z)
-        G = RELU_HYPER["c_b"] + RELU_HYPER["c_w"] / width * np.einsum("sja,sjb->sab", s, s)
-        Gaa = G[:, :2, :2] + noise * np.eye(2)
-        Gi = np.linalg.inv(Gaa)
-        logdet = np.linalg.slogdet(Gaa)[1]
-        logw = -0.5 * np.einsum("ai,sab,bi->s", _BAYES_Y, Gi, _BAYES_Y) - logdet  # n_L = 2 outputs
-        m = np.einsum("sba,sac,ci->sbi", G[:, 2:, :2], Gi, _BAYES_Y)
-        C = G[:, 2:, 2:] - np.einsum("sba,sac,scd->sbd", G[:, 2:, :2], Gi, G[:, :2, 2:])
-        chunks.append((logw, m, C))
-    shift = max(c[0].max() for c in chunks)
-    stats = []
-    for logw, m, C in chunks:
-        w = np.exp(logw - shift)
-        second = (np.einsum("s,sbd->bd", w, C)[:, None, :, None] * np.eye(2)[None, :, None, :]
-                  + np.einsum("s,sai,sbj->aibj", w, m, m))
-        stats.append((w.sum(), np.einsum("s,sbi->bi", w, m), second))
-    W = sum(x[0] for x in stats)
-
-    def est(sub):
-        Ws = W - (sub[0] if sub else 0)
-        M1 = sum(x[1] for x in stats) - (sub[1] if sub else 0)
-        M2 = sum(x[2] for x in stats) - (sub[2] if sub else 0)
-        mean = M1 / Ws
-        return mean, M2 / Ws - np.einsum("ai,bj->aibj", mean, mean)
-
-    full = est(None)
-    reps = [est(x) for x in stats]
-    B = len(stats)
-    se = [np.sqrt((B - 1) / B * sum((r[k] - np.mean([q[k] for q in reps], 0)) ** 2 for r in reps)) for k in range(2)]
-    return full, se
+    """Posterior mean and covariance of the outputs of real ReLU networks, exactly conditioned on y
+    (:func:`pdlt.training.bayesian_posterior_ensemble`), as ((mean, cov), (se_mean, se_cov))."""
+    m, C = bayesian_posterior_ensemble(_relu_net(width, depth), _BAYES_X[:2], _BAYES_Y, _BAYES_X[2:],
+                                       noise_variance=noise, size=size, seed=seed, batches=batches)
+    return (m.mean, C.mean), (m.stderr, C.stderr)
 
 
 def _relu_bayes_check(depth, noise, widths, size, seed, batches=20):

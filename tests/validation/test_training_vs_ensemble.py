@@ -210,47 +210,13 @@ _BAYES_Y = np.array([[0.5, -0.2], [-0.3, 0.6]])
 
 
 def _bayes_ensemble(width, size, noise, seed):
-    """Posterior mean and covariance of the outputs of L = 2 networks, exactly conditioned on y.
+    """Posterior mean and covariance of the outputs of L = 2 networks, exactly conditioned on y
+    (:func:`pdlt.training.bayesian_posterior_ensemble`), as ((mean, cov), (se_mean, se_cov))."""
+    from pdlt.training import bayesian_posterior_ensemble
 
-    Given layer 1, the output is Gaussian with covariance δ_ij Ĝ, Ĝ = C_b + (C_W/n) Σ_j σ_jσ_j; the
-    posterior is the mixture over networks weighted by p(y | Ĝ)."""
-    from pdlt.networks import mlp_apply, sample_parameters
-
-    net = _net(width)
-    rng = np.random.default_rng(seed)
-    chunks = []
-    for _ in range(20):
-        p = sample_parameters(net, size // 20, rng)
-        z1 = mlp_apply(net, p, _BAYES_X, ntk=False)[0].z
-        s = np.tanh(z1)
-        G = HYPER["c_b"] + HYPER["c_w"] / width * np.einsum("sja,sjb->sab", s, s)
-        Gaa = G[:, :2, :2] + noise * np.eye(2)
-        Gi = np.linalg.inv(Gaa)
-        logdet = np.linalg.slogdet(Gaa)[1]
-        logw = -0.5 * np.einsum("ai,sab,bi->s", _BAYES_Y, Gi, _BAYES_Y) - logdet  # n_L = 2 outputs
-        m = np.einsum("sba,sac,ci->sbi", G[:, 2:, :2], Gi, _BAYES_Y)
-        C = G[:, 2:, 2:] - np.einsum("sba,sac,scd->sbd", G[:, 2:, :2], Gi, G[:, :2, 2:])
-        chunks.append((logw, m, C))
-    shift = max(c[0].max() for c in chunks)
-    stats = []
-    for logw, m, C in chunks:
-        w = np.exp(logw - shift)
-        second = np.einsum("s,sbd->bd", w, C)[:, None, :, None] * np.eye(2)[None, :, None, :] + np.einsum("s,sai,sbj->aibj", w, m, m)
-        stats.append((w.sum(), np.einsum("s,sbi->bi", w, m), second))
-    W = sum(x[0] for x in stats)
-
-    def est(sub):
-        Ws = W - (sub[0] if sub else 0)
-        M1 = sum(x[1] for x in stats) - (sub[1] if sub else 0)
-        M2 = sum(x[2] for x in stats) - (sub[2] if sub else 0)
-        mean = M1 / Ws
-        return mean, M2 / Ws - np.einsum("ai,bj->aibj", mean, mean)
-
-    full = est(None)
-    reps = [est(x) for x in stats]
-    B = len(stats)
-    se = [np.sqrt((B - 1) / B * sum((r[k] - np.mean([q[k] for q in reps], 0)) ** 2 for r in reps)) for k in range(2)]
-    return full, se
+    m, C = bayesian_posterior_ensemble(_net(width), _BAYES_X[:2], _BAYES_Y, _BAYES_X[2:], noise_variance=noise,
+                                       size=size, seed=seed, batches=20)
+    return (m.mean, C.mean), (m.stderr, C.stderr)
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.2])
