@@ -974,34 +974,8 @@ def _gT(Ht, eta, T):
 def time_iterated_z1(F: Flat, s, eta, T, z):
     """z¹(T) on all of D for one initial output z (flattened): the first-order dynamics of training.md
     §4.2 iterated exactly T steps with the mean NTK (ΔĤ = 0), dĤ regressed on the whole of z
-    (dĤ = E[dĤ z] K⁻¹ z) and ddĤ at its mean."""
-    nL, a = F.nL, F.a
-    G4 = flat_pq(s, nL)
-    RI, RII = flat_r(s, nL), flat_stu(s, nL)
-    dH = np.einsum("XYZk,k->XYZ", G4, np.linalg.solve(F.K, z))
-    H, Ht = F.H, F.Ht
-    Dn = H.shape[0]
-    e0 = z[a] - F.y
-    z1 = np.zeros(Dn)
-    H1 = np.zeros((Dn, len(a)))
-    d1 = np.zeros((Dn, Dn, len(a)))
-    RI_Dabc = RI[np.ix_(np.arange(Dn), a, a, a)]
-    RI_aDbc = RI[np.ix_(a, np.arange(Dn), a, a)]
-    RII_XYbc = RII[:, :, a][:, :, :, a]
-    RII_XbYc = RII[:, a][:, :, :, a]
-    for _ in range(T):
-        dHt = dH[:, :, a] + d1
-        dH_Iab, dH_aIb = dHt[:, a, :], dHt[a, :, :]
-        z1_new = (z1 - eta * H[:, a] @ z1[a] - eta * H1 @ e0 + 0.5 * eta**2 * np.einsum("Iab,a,b->I", dH_Iab, e0, e0)
-                  - eta**3 / 6 * np.einsum("Iabc,a,b,c->I", RI_Dabc, e0, e0, e0))
-        H1 = H1 - eta * (np.einsum("Iab,b->Ia", dH_Iab, e0) + np.einsum("aIb,b->Ia", dH_aIb, e0)) + 0.5 * eta**2 * (
-            np.einsum("Iabc,b,c->Ia", RI_Dabc, e0, e0) + np.einsum("aIbc,b,c->Ia", RI_aDbc, e0, e0)
-            + 2 * np.einsum("Iabc,b,c->Ia", RII_XYbc[:, a], e0, e0))
-        d1 = d1 - eta * (np.einsum("XYbc,c->XYb", RI[:, :, a][:, :, :, a], e0) + np.einsum("XYbc,c->XYb", RII_XYbc, e0)
-                         + np.einsum("XbYc,c->XYb", RII_XbYc, e0))
-        z1 = z1_new
-        e0 = e0 - eta * Ht @ e0
-    return z1
+    (dĤ = E[dĤ z] K⁻¹ z) and ddĤ at its mean — :func:`schedule_z1` with M_t = η for every step."""
+    return schedule_z1(F, s, [eta * np.eye(len(F.a))] * T, z)
 
 
 @pytest.mark.parametrize("T,nL", [(1, 2), (3, 1), (6, 2)])
