@@ -489,6 +489,17 @@ def _checked_inverse(activation, orders, Kv, m):
     if m > 1:
         cond = np.linalg.cond(Kv)
         if np.any(~np.isfinite(cond)) or np.any(cond > 1e12):
+            d = np.diagonal(Kv, axis1=1, axis2=2)
+            corr = Kv / np.sqrt(d[:, :, None] * d[:, None, :])
+            if np.any(np.abs(corr[:, ~np.eye(m, dtype=bool)]) > 1 - 1e-12):
+                raise NumericalError(
+                    f"⟨…⟩ of {activation.name} with derivative orders {tuple(orders)} needs integration by parts "
+                    "(its derivatives are distributions), but two distinct inputs have exactly proportional "
+                    "preactivations (z_b = c z_a, correlation ±1). This happens for one-dimensional inputs, or "
+                    "inputs x_b = c x_a, with C_b = 0 (ReLU-like networks keep them proportional in every layer); "
+                    "the δ(z_a)·f(c z_a) products the 1/n recursions then need are not implemented. Use C_b > 0 "
+                    "(e.g. 0.01), inputs that are not proportional, or a smooth activation (GELU, swish, tanh)."
+                )
             raise NumericalError(
                 f"⟨…⟩ of {activation.name} with derivative orders {tuple(orders)} needs integration by parts "
                 f"(its derivatives are distributions), but the covariance block of the distinct inputs is "

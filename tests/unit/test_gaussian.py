@@ -444,3 +444,11 @@ def test_kinked_activation_at_zero_variance_says_what_to_change():
     net = pdlt.MLP(input_dim=1, hidden_widths=[8] * 2, output_dim=1, activation=pdlt.activation("relu"), c_b=0.0, c_w=2.0)
     with pytest.raises(pdlt.errors.NumericalError, match="zero variance.*C_b > 0"):
         pdlt.flow(net, np.array([[0.0], [1.0]]))
+
+
+def test_kinked_activation_on_proportional_inputs_says_what_to_change():
+    """ReLU with C_b = 0 keeps proportional inputs (here 1-D inputs) exactly proportional: the error names the cause and the fixes."""
+    net = pdlt.MLP(input_dim=1, hidden_widths=[8], output_dim=1, activation=pdlt.activation("relu"), c_b=0.0, c_w=2.0)
+    with pytest.raises(pdlt.errors.NumericalError, match=r"exactly proportional.*C_b > 0"):
+        pdlt.flow(net, np.array([[0.5], [-1.0]]), order="full")
+    assert np.all(np.isfinite(pdlt.flow(net.evolve(c_b=0.01), np.array([[0.5], [-1.0]]), order="full")[-1].V))
