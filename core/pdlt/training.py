@@ -23,6 +23,7 @@ jackknife for the standard errors (pairs stay in one chunk).
 from __future__ import annotations
 
 import math
+import numbers
 
 import attrs
 import numpy as np
@@ -295,57 +296,70 @@ def _diff(prefix_a, prefix_b):
 
 
 def bayesian_posterior_ensemble(net, X_train, y_train, X_test, *, noise_variance: float, size: int, seed=None,
-                                batches: int = MIN_BATCHES) -> tuple[Estimate, Estimate]:
-    """Posterior mean and covariance of real MLPs' outputs, exactly conditioned on the labels (book ch. 6).
+                                batches: int = MIN_BATCHES, outputs: int | None = None) -> tuple[Estimate, Estimate]:
+    """Posterior mean and covariance of real networks' outputs, exactly conditioned on the labels (book ch. 6).
 
-    Given the last hidden layer, the outputs are Gaussian with covariance δ_ij Ĝ, where
-    Ĝ_αβ = C_b^(L) + (C_W^(L)/n_{L−1}) Σ_j σ_{j;α}σ_{j;β}.  The Bayesian posterior over real networks
-    is therefore the mixture over sampled networks of the Gaussian conditionals, each weighted by
-    p(y | Ĝ) with observation noise σ_ε² (Rao–Blackwellised importance weights); the Gaussian part is
-    integrated exactly.  Standard errors by delete-one-batch jackknife.
+    Given the last hidden layer, the outputs are Gaussian: neuron i has mean γ^(L) z^(L−1)_i (zero for a
+    plain output layer) and covariance Ĝ, with Ĝ_αβ = ξ²[C_b^(L) + (C_W^(L)/n_{L−1}) Σ_j σ_{j;α}σ_{j;β}],
+    independently over neurons.  The Bayesian posterior over real networks is therefore the mixture over
+    sampled networks of the Gaussian conditionals, each weighted by p(y | Ĝ, mean) with observation noise
+    σ_ε² (Rao–Blackwellised importance weights); the Gaussian part is integrated exactly.  Standard
+    errors by delete-one-batch jackknife.
 
     Parameters
     ----------
     net : Architecture
-        A plain MLP (residual shortcuts in the output layer would shift the conditional mean).
+        An MLP or a residual MLP (:class:`pdlt.ResidualMLP`; a shortcut in the output layer shifts
+        the conditional mean).
     X_train, X_test : array_like, shape (N_A, n_0), (N_B, n_0)
-    y_train : array_like, shape (N_A, n_L)
+    y_train : array_like, shape (N_A, m)
+        Labels of the observed output neurons 0..m−1 (m = ``outputs``).
     noise_variance : float ≥ 0
         σ_ε², added to Ĝ on the training inputs.
     size : int
         Number of networks, split into ``batches`` equal batches.
     seed : int or Generator, optional
+    outputs : int, optional
+        Condition on the first ``outputs`` output neurons only (the others are marginalised);
+        default all n_L.  The theory for m observed neurons is that of an m-output network
+        (the cumulants of any m neurons have the same structure).
 
     Returns
     -------
-    mean : Estimate, shape (N_B, n_L)
-    covariance : Estimate, shape (N_B, n_L, N_B, n_L)
+    mean : Estimate, shape (N_B, m)
+    covariance : Estimate, shape (N_B, m, N_B, m)
     """
     owner = "bayesian_posterior_ensemble"
-    if _residual(net) is not None:
-        raise ParameterError(f"The 'net' parameter of {owner} must be a plain MLP. Got a residual network instead.")
     if net.depth < 2:
         raise ParameterError(f"The 'net' parameter of {owner} must have depth >= 2. Got depth {net.depth} instead.")
     if not (math.isfinite(noise_variance) and noise_variance >= 0):
         raise ParameterError(f"The 'noise_variance' parameter of {owner} must be finite and >= 0. Got {noise_variance!r} instead.")
     if int(batches) < 2 or int(size) < int(batches):
         raise ParameterError(f"The 'size' parameter of {owner} must be >= batches = {batches} >= 2. Got {size!r} instead.")
+    n_L = net.widths[-1]
+    if outputs is not None and not (isinstance(outputs, numbers.Integral) and 1 <= outputs <= n_L):
+        raise ParameterError(f"The 'outputs' parameter of {owner} must be an integer in [1, n_L = {n_L}]. Got {outputs!r} instead.")
+    n_out = n_L if outputs is None else int(outputs)
     XA = validate_inputs(X_train, net.input_dim, "X_train", owner)
     XB = validate_inputs(X_test, net.input_dim, "X_test", owner)
-    n_out = net.widths[-1]
     y = validate_labels(y_train, XA.shape[0], n_out, "y_train", owner)
     X = np.vstack([XA, XB])
     A, B = slice(0, XA.shape[0]), slice(XA.shape[0], X.shape[0])
     hp = net.hyperparameters(net.depth)
+    res = _residual(net)
+    g_L, x_L = (0.0, 1.0) if res is None else (float(res[0][-1]), float(res[1][-1]))
     rng = np.random.default_rng(seed)
     chunks = []
     for _ in range(int(batches)):
-        sig = _forward(net, sample_parameters(net, int(size) // int(batches), rng), X)[1][-1]
-        G = hp["c_b"] + hp["c_w"] / net.widths[-2] * np.einsum("sja,sjb->sab", sig, sig)
+        zs, ss = _forward(net, sample_parameters(net, int(size) // int(batches), rng), X)
+        sig = ss[-1]
+        G = x_L**2 * (hp["c_b"] + hp["c_w"] / net.widths[-2] * np.einsum("sja,sjb->sab", sig, sig))
+        mu = g_L * zs[-2][:, :n_out, :] if g_L != 0.0 else np.zeros((sig.shape[0], n_out, X.shape[0]))  # (S, m, N)
         Gaa = G[:, A, A] + noise_variance * np.eye(XA.shape[0])
         Gi = np.linalg.inv(Gaa)
-        logw = -0.5 * np.einsum("ai,sab,bi->s", y, Gi, y) - 0.5 * n_out * np.linalg.slogdet(Gaa)[1]
-        m = np.einsum("sba,sac,ci->sbi", G[:, B, A], Gi, y)
+        r = y.T[None] - mu[:, :, A]  # (S, m, N_A)
+        logw = -0.5 * np.einsum("sia,sab,sib->s", r, Gi, r) - 0.5 * n_out * np.linalg.slogdet(Gaa)[1]
+        m = np.swapaxes(mu[:, :, B], 1, 2) + np.einsum("sba,sac,sic->sbi", G[:, B, A], Gi, r)
         C = G[:, B, B] - np.einsum("sba,sac,scd->sbd", G[:, B, A], Gi, G[:, A, B])
         chunks.append((logw, m, C))
     shift = max(c[0].max() for c in chunks)

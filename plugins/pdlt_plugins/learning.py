@@ -86,6 +86,11 @@ def _need(stats, names, owner: str, hint: str) -> None:
         )
 
 
+def _odd_output(stats) -> bool:
+    """Whether the statistics carry non-zero three-point tensors Ω, Π, Φ (residual output layer, σ not odd)."""
+    return any(getattr(stats, f, None) is not None and np.any(getattr(stats, f)) for f in ("Omega", "Pi", "Phi"))
+
+
 def _h1(stats) -> np.ndarray:
     return np.zeros_like(stats.K) if stats.H1 is None else np.asarray(stats.H1)
 
@@ -1133,6 +1138,14 @@ class _GradientBase(LearningAlgorithm):
 
     def _engine(self, stats, train, y, test, terms_fn, corrections):
         owner = type(self).__name__
+        if corrections and _odd_output(stats):
+            raise ParameterError(
+                f"{owner}: the O(1/n) result of gradient-based training is not derived for an output layer with "
+                "non-zero three-point tensors Omega, Pi, Phi (a residual output layer with an activation that is not "
+                "odd): they add terms E[ΔĤ z] and odd dNTK means to the trained mean and covariance "
+                "(docs/residual.md). Use order='leading' (infinite width), an odd activation, gamma = 0 in the "
+                "output layer, or pdlt.Bayesian (whose O(1/n) posterior includes Omega)."
+            )
         if corrections:
             _need(stats, ("A", "B", "D", "F"), owner, "Use pdlt.flow(net, X, order='full') or order='leading'.")
             if self.include_dntk:
@@ -1364,6 +1377,34 @@ class GiantLeapSmallStep(_GradientBase):
 # Bayesian inference
 
 
+def _three_point_posterior(Om: np.ndarray, Pr: np.ndarray, R: np.ndarray, A: np.ndarray, Ki: np.ndarray, yh: np.ndarray):
+    """n × the third-cumulant parts of the O(1/n) posterior mean and covariance (docs/learning.md).
+
+    The output's third cumulant n κ_{(i,1)(k,2)(m,3)} = δ_ik Ω_(12)3 + δ_im Ω_(13)2 + δ_km Ω_(23)1
+    (residual output layer, σ not odd; :class:`pdlt_plugins.residual.ResidualStatistics`) enters the
+    first Edgeworth term of the prior.  With w = z_B − K_BA K̃⁻¹ y (slot projection ⋄ = ``Pr`` over
+    ``R`` = test + train samples), ŷ = K̃⁻¹y, s = Σ_k ŷ_k and Ŷ = Σ_k ŷ_kŷ_kᵀ:
+
+        E[w_{i;β} | y] = ½ Σ κ3(w, a, b)(ŷ_a ŷ_b − K̃^{ab})
+                       = Σ Ω⋄_{(βα)α'}(ŷ_{i;α}s_{α'} − K̃^{αα'}) + ½ Σ Ω_{(αα')β⋄}(Ŷ − n_L K̃⁻¹)_{αα'},
+        Cov[w_{i;β}, w_{j;β'} | y] − Gaussian = Σ κ3(w, w', a) ŷ_a
+                       = δ_ij Σ Ω_{(β⋄β'⋄)α}s_α + Σ Ω_{(β⋄α)β'⋄}ŷ_{i;α} + Σ Ω_{(β'⋄α)β⋄}ŷ_{j;α}.
+
+    Returns ``(mean (N_B, n_L), covariance (N_B, n_L, N_B, n_L))``.
+    """
+    s = yh.sum(axis=1)
+    nL = yh.shape[1]
+    Oa = np.tensordot(Pr, Om[np.ix_(R, A, A)], axes=([1], [0]))  # Ω⋄_{(βα)α'}
+    Ob = np.einsum("abr,er->abe", Om[np.ix_(A, A, R)], Pr)  # Ω_{(αα')β⋄}
+    mean = (np.einsum("eab,ai,b->ei", Oa, yh, s) - np.einsum("eab,ab->e", Oa, Ki)[:, None]
+            + 0.5 * np.einsum("abe,ab->e", Ob, yh @ yh.T - nL * Ki)[:, None])
+    O2 = np.einsum("ex,xya,fy->efa", Pr, Om[np.ix_(R, R, A)], Pr)  # Ω_{(β⋄β'⋄)α}
+    O3 = np.einsum("ex,xay,fy->eaf", Pr, Om[np.ix_(R, A, R)], Pr)  # Ω_{(β⋄α)β'⋄}
+    cov = expand_outputs(O2 @ s, nL) + np.einsum("eaf,ai->eif", O3, yh)[:, :, :, None] + np.einsum(
+        "fae,aj->efj", O3, yh)[:, None, :, :]
+    return mean, cov
+
+
 @attrs.frozen(kw_only=True)
 class Bayesian(LearningAlgorithm):
     """Bayesian inference with the network's output distribution as prior (book ch. 6).
@@ -1436,6 +1477,11 @@ class Bayesian(LearningAlgorithm):
             )
             lab = np.einsum("eafb,ai,bj->eifj", V02, yh, yh) + np.einsum("ebfa,aj,bi->eifj", V02, yh, yh)
             cc = (expand_outputs(G1dd + 0.5 * d, nL) + 0.5 * lab) / n
+            Om = getattr(stats, "Omega", None)
+            if Om is not None and np.any(Om):  # third cumulant of a residual output layer (σ not odd)
+                m3, c3 = _three_point_posterior(np.asarray(Om), Pr, R, A, Ki, yh)
+                mc = mc + m3 / n
+                cc = cc + c3 / n
             cc = 0.5 * (cc + cc.transpose(2, 3, 0, 1))
         return TrainedDistribution(
             algorithm=self, width=stats.fan_in, mean_infinite=mean, covariance_infinite=cov,
@@ -1484,6 +1530,11 @@ class Bayesian(LearningAlgorithm):
                 - 4.0 * np.einsum("abcd,ac,bd->", V, Ki, Yh)
                 + 2.0 * nL * np.einsum("abcd,ac,bd->", V, Ki, Ki)
             )
+            Om = getattr(stats, "Omega", None)
+            if Om is not None and np.any(Om):
+                Om = np.asarray(Om)[np.ix_(A, A, A)]
+                s = yh.sum(axis=1)
+                c += 0.5 * (np.einsum("abc,ab,c->", Om, Z, s) - 2.0 * np.einsum("abc,a,bc->", Om, s, Ki))
             out += c / float(stats.fan_in)
         return float(out)
 

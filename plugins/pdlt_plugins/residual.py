@@ -89,7 +89,8 @@ class ResidualStatistics(Statistics):
     unavailable_note = (
         "For residual networks the dNTK/ddNTK statistics P, Q, R, S, T, U are derived only for odd activations "
         "(tanh-like; docs/residual.md): with a non-odd activation, gradient descent and the Newton step are "
-        "available at infinite width (order='leading'); Bayesian inference needs only K, V, G1 and works to O(1/n). "
+        "available at infinite width (order='leading'); Bayesian inference needs only K, V, G1 (and the output's "
+        "third cumulant Omega) and works to O(1/n). "
     )
 
     Omega: np.ndarray | None = attrs.field(**_arr)

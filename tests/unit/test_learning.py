@@ -1276,3 +1276,22 @@ def test_bayesian_posterior_ensemble_validates_its_inputs():
     mean, cov = bayesian_posterior_ensemble(net, X, y, np.array([[0.7]]), noise_variance=0.1, size=40, seed=0)
     assert mean.mean.shape == (1, 1) and cov.mean.shape == (1, 1, 1, 1)
     assert np.all(np.isfinite(mean.stderr)) and cov.mean[0, 0, 0, 0] > 0
+
+
+def test_bayesian_posterior_ensemble_residual_output_layer_and_observed_outputs():
+    """A residual output layer shifts each neuron's conditional mean by γ z^(L−1); ``outputs`` selects the observed neurons."""
+    from pdlt.training import bayesian_posterior_ensemble
+    from pdlt_plugins.residual import ResidualMLP
+
+    X, y = np.array([[0.5], [1.0]]), np.array([[0.3], [0.2]])
+    kw = dict(input_dim=1, hidden_widths=[3, 3], output_dim=3, activation=pdlt.activation("gelu"), c_b=0.1)
+    with pytest.raises(pdlt.errors.ParameterError, match="outputs.*integer in \\[1, n_L = 3\\]"):
+        bayesian_posterior_ensemble(ResidualMLP(**kw), X, y, X, noise_variance=0.1, size=40, seed=0, outputs=4)
+    runs = {g: bayesian_posterior_ensemble(ResidualMLP(gamma=(0.0, 0.0, g), **kw), X, y, np.array([[0.7]]),
+                                           noise_variance=0.1, size=400, seed=0, outputs=1) for g in (0.0, 0.8)}
+    for mean, cov in runs.values():
+        assert mean.mean.shape == (1, 1) and cov.mean.shape == (1, 1, 1, 1) and cov.mean[0, 0, 0, 0] > 0
+    # γ = 0 is the plain MLP's posterior (same draws); the shortcut changes it
+    plain = bayesian_posterior_ensemble(pdlt.MLP(**kw), X, y, np.array([[0.7]]), noise_variance=0.1, size=400, seed=0, outputs=1)
+    np.testing.assert_allclose(runs[0.0][0].mean, plain[0].mean, rtol=1e-12)
+    assert abs(runs[0.8][0].mean[0, 0] - plain[0].mean[0, 0]) > 1e-3
