@@ -29,6 +29,7 @@ from .gaussian import (
     _evaluate,
     _hermite_coefficients,
     _pair_matrix,
+    _T,
     _scales,
     expect,
     quadrature_many,
@@ -151,6 +152,7 @@ class LayerExpectations:
         self.rule = rule
         self.error_probes = error_probes
         self._coincident: np.ndarray | None = None
+        self._degenerate: np.ndarray | None = None
         self._closed_pairs_tried: set[tuple[int, int]] = set()
         self._pairs: dict[tuple[int, int], np.ndarray] = {}
         self._quads: dict[tuple[int, ...], np.ndarray] = {}
@@ -170,6 +172,29 @@ class LayerExpectations:
             scale = max(float(d.max()), 1e-300)
             self._coincident = np.abs(d[:, None] + d[None, :] - 2 * self.K) <= 1e-13 * scale
         return self._coincident
+
+    @property
+    def degenerate(self) -> np.ndarray:
+        """(N, N) bool: coinciding pairs and, for kinked σ, exactly proportional ones (z_b = c z_a).
+
+        Proportional preactivations (one-dimensional inputs, or x_b = c x_a, with C_b = 0; kept
+        proportional by ReLU-like layers) make the 2×2 block singular, so integration by parts
+        cannot produce the distributional pair expectations there.  Like coinciding pairs, they get
+        the derivative of the whole product along the degenerate direction (:meth:`total`): every
+        tensor contracted with a pair operator has preactivation slots, which scale as
+        X_{…b…} = c X_{…a…} on such a pair, so Σ_β X_β ⟨∂_β…⟩ = X_{aa…} d/du[σ^(d1)(u)σ^(d2)(cu)]
+        (smooth σ keep the regular blocks: their expectations need no inverse).
+        """
+        if self._degenerate is None:
+            deg = self.coincident.copy()
+            if self.activation.kinks:
+                d = np.diag(self.K)
+                pos = d > 0
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    corr = np.where(pos[:, None] & pos[None, :], self.K / np.sqrt(np.outer(d, d)), 0.0)
+                deg |= np.abs(corr) >= 1.0 - 2e-12
+            self._degenerate = deg
+        return self._degenerate
 
     def _record(self, vals, errs):
         errs = np.asarray(errs)
@@ -235,7 +260,7 @@ class LayerExpectations:
         symmetric = orders[0] == orders[1]
         ii, jj = np.triu_indices(N) if symmetric else (x.ravel() for x in np.indices((N, N)))
         if skip_coincident:
-            keep = ~self.coincident[ii, jj]
+            keep = ~self.degenerate[ii, jj]
             ii, jj = ii[keep], jj[keep]
         out = np.full((N, N), np.nan)
         if len(ii):
@@ -330,7 +355,11 @@ class LayerExpectations:
         return _closed_form(self.activation, orders, probe) is not None
 
     def total(self, d1: int, d2: int, m: int) -> np.ndarray:
-        """⟨∂^m (σ^(d1) σ^(d2))(z_a)⟩ on coinciding pairs (the derivative of the whole product), else 0."""
+        """⟨∂^m (σ^(d1) σ^(d2))(z_a)⟩ on coinciding pairs (the derivative of the whole product), else 0.
+
+        On exactly proportional pairs of a kinked σ (:attr:`degenerate`, z_b = c z_a) it is
+        ⟨d^m/du^m [σ^(d1)(u) σ^(d2)(cu)]⟩ over u = z_a (NaN if a factor is itself a distribution).
+        """
         key = (d1, d2, m)
         if key not in self._totals:
             out = np.zeros((self.N, self.N))
@@ -338,13 +367,16 @@ class LayerExpectations:
             if len(ii):
                 idx = np.stack([ii, jj], 1)
                 out[ii, jj] = self._expect((d1, d2), self.K[idx[:, :, None], idx[:, None, :]], insert=(m, 0))
+            pi, pj = np.nonzero(self.degenerate & ~self.coincident)
+            if len(pi):
+                out[pi, pj] = _proportional_total(self.activation, d1, d2, m, self.K[pi, pi], self.K[pi, pj] / self.K[pi, pi])
             self._totals[key] = out
         return self._totals[key]
 
     def _masked(self, X: np.ndarray, total: np.ndarray | None) -> np.ndarray:
         if total is None:
-            return np.where(self.coincident, 0.0, X)
-        return np.where(self.coincident, total, X)
+            return np.where(self.degenerate, 0.0, X)
+        return np.where(self.degenerate, total, X)
 
     def quad(self, orders: tuple[int, int, int, int]) -> np.ndarray:
         orders = tuple(orders)
@@ -499,13 +531,13 @@ class LayerExpectations:
 
     def first(self, d1: int, d2: int) -> tuple[np.ndarray, np.ndarray]:
         """(u, w): ⟨∂_a(σ^(d1)_a σ^(d2)_b)⟩ and ⟨∂_b(…)⟩ as used by :func:`first_derivative_terms`."""
-        u = self._masked(self.pair(d1 + 1, d2) if not self.coincident.all() else np.zeros((self.N, self.N)), self.total(d1, d2, 1))
-        w = self._masked(self.pair(d1, d2 + 1) if not self.coincident.all() else np.zeros((self.N, self.N)), None)
+        u = self._masked(self.pair(d1 + 1, d2) if not self.degenerate.all() else np.zeros((self.N, self.N)), self.total(d1, d2, 1))
+        w = self._masked(self.pair(d1, d2 + 1) if not self.degenerate.all() else np.zeros((self.N, self.N)), None)
         return u, w
 
     def pair_op(self, d1: int, d2: int) -> PairOp:
         """⟨∂∂(σ^(d1)_a σ^(d2)_b)⟩ as a pair operator."""
-        off = not self.coincident.all()
+        off = not self.degenerate.all()
         z = np.zeros((self.N, self.N))
         return PairOp(
             self._masked(self.pair(d1 + 2, d2) if off else z, self.total(d1, d2, 2)),
@@ -515,13 +547,37 @@ class LayerExpectations:
 
     def fourth(self, d1: int, d2: int) -> dict[int, np.ndarray]:
         """{n_a: ⟨σ^(d1+n_a)_a σ^(d2+4−n_a)_b⟩} for :func:`fourth_contract` (totals on coinciding pairs)."""
-        off = not self.coincident.all()
+        off = not self.degenerate.all()
         z = np.zeros((self.N, self.N))
         out = {}
         for n in range(5):
             X = self.pair(d1 + n, d2 + 4 - n) if off else z
             out[n] = self._masked(X, self.total(d1, d2, 4) if n == 4 else None)
         return out
+
+
+def _proportional_total(activation: Activation, d1: int, d2: int, m: int, var: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """⟨d^m/du^m [σ^(d1)(u) σ^(d2)(c u)]⟩, u ~ N(0, var), per pair (Stein: ⟨F He_m(u/s)⟩ / s^m).
+
+    Composite Gauss–Legendre on a fixed grid of the standardised variable, broken at every kink
+    of either factor, so the piecewise-smooth integrand is integrated to rounding.  NaN when a
+    factor is not an ordinary function (order above ``activation.max_derivative``).
+    """
+    if max(d1, d2) > activation.max_derivative:
+        return np.full(len(var), np.nan)
+    s = np.sqrt(var)
+    kinks = np.asarray(activation.kinks, dtype=float)
+    breaks = np.concatenate([kinks[None, :] / s[:, None], kinks[None, :] / (c * s)[:, None]], axis=1)
+    grid = np.broadcast_to(np.linspace(-_T, _T, 137), (len(s), 137))
+    edges = np.sort(np.concatenate([grid, np.clip(breaks, -_T, _T)], axis=1), axis=1)
+    x, w = np.polynomial.legendre.leggauss(10)
+    lo, half = edges[:, :-1], 0.5 * np.diff(edges, axis=1)
+    t = (lo + half)[..., None] + half[..., None] * x
+    wt = half[..., None] * w * np.exp(-0.5 * t * t) / np.sqrt(2.0 * np.pi)
+    u = s[:, None, None] * t
+    F = activation.derivative(u, d1) * activation.derivative(c[:, None, None] * u, d2)
+    He = np.polynomial.hermite_e.hermeval(t, [0.0] * m + [1.0])
+    return np.sum(F * He * wt, axis=(1, 2)) / s**m
 
 
 def _unique_rows(rows: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:

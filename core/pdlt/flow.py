@@ -23,7 +23,10 @@ import attrs
 import numpy as np
 
 from .architecture import Architecture
-from .errors import ParameterError
+from .errors import AccuracyWarning, ParameterError, warn
+
+#: pdlt.flow warns (AccuracyWarning) when a layer's estimated relative quadrature error exceeds this.
+QUADRATURE_WARN = 0.1
 
 __all__ = ["Statistics", "Flow", "flow", "validate_inputs", "TENSOR_FIELDS"]
 
@@ -296,6 +299,19 @@ def flow(net: Architecture, X, *, order: str = "full", quadrature=None) -> Flow:
     for ell in range(1, net.depth):
         stats = net.next_layer(stats, ell, order=order, rule=rule)
         layers.append(stats)
+    worst = max(layers, key=lambda s: s.quadrature_error)
+    if worst.quadrature_error > QUADRATURE_WARN:
+        warn(
+            f"pdlt.flow: the Gaussian expectations of layer {worst.layer} have an estimated relative error of "
+            f"{worst.quadrature_error:.2g} (> {QUADRATURE_WARN:g}; Statistics.quadrature_error), so its O(1/n) "
+            "tensors may be inaccurate (the estimate, fine vs coarse rule, is conservative). It comes from "
+            "ill-conditioned covariance blocks: nearly linearly dependent inputs (almost proportional "
+            "preactivations; with a kinked activation such as ReLU, integration by parts then loses accuracy) or "
+            "an input of nearly zero variance. Move such inputs apart, make them exactly proportional (e.g. C_b = 0 "
+            "with one-dimensional inputs) or exactly zero, or use a smooth activation; with quadrature='fast', use "
+            "the default 'accurate' rule.",
+            AccuracyWarning,
+        )
     return Flow(tuple(layers), net, X)
 
 

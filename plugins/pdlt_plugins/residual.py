@@ -341,12 +341,12 @@ def odd_tensors_vanish(activation) -> bool:
 
 
 def _mask(E: LayerExpectations, X: np.ndarray, total: np.ndarray | None) -> np.ndarray:
-    return np.where(E.coincident, 0.0 if total is None else total, X)
+    return np.where(E.degenerate, 0.0 if total is None else total, X)
 
 
 def _third(E: LayerExpectations, d1: int, d2: int) -> dict[int, np.ndarray]:
     """{n_a: ⟨σ^(d1+n_a)_a σ^(d2+3−n_a)_b⟩} with the total ⟨∂³(σ^(d1)σ^(d2))⟩ on coinciding pairs."""
-    off = not E.coincident.all()
+    off = not E.degenerate.all()
     z = np.zeros((E.N, E.N))
     return {n: _mask(E, E.pair(d1 + n, d2 + 3 - n) if off else z, E.total(d1, d2, 3) if n == 3 else None) for n in range(4)}
 

@@ -446,9 +446,47 @@ def test_kinked_activation_at_zero_variance_says_what_to_change():
         pdlt.flow(net, np.array([[0.0], [1.0]]))
 
 
-def test_kinked_activation_on_proportional_inputs_says_what_to_change():
-    """ReLU with C_b = 0 keeps proportional inputs (here 1-D inputs) exactly proportional: the error names the cause and the fixes."""
-    net = pdlt.MLP(input_dim=1, hidden_widths=[8], output_dim=1, activation=pdlt.activation("relu"), c_b=0.0, c_w=2.0)
+def test_kinked_expectation_on_a_proportional_block_says_what_to_change():
+    """⟨δ(z_a) σ(z_b)⟩ with z_b = c z_a exactly: integration by parts has no inverse; the error names the cause."""
+    K = np.array([[1.0, -0.8], [-0.8, 0.64]])
     with pytest.raises(pdlt.errors.NumericalError, match=r"exactly proportional.*C_b > 0"):
-        pdlt.flow(net, np.array([[0.5], [-1.0]]), order="full")
-    assert np.all(np.isfinite(pdlt.flow(net.evolve(c_b=0.01), np.array([[0.5], [-1.0]]), order="full")[-1].V))
+        expect(pdlt.activation("relu"), (2, 0), K)
+
+
+@pytest.mark.parametrize("c", [0.375, 2.5, -0.8])
+def test_proportional_totals_have_closed_forms(c):
+    """d^m/du^m[σ^(d1)(u)σ^(d2)(cu)] for ReLU, u ~ N(0, s²): relu(u)relu(cu) = c u²Θ(u) (c > 0) or 0 (c < 0)."""
+    from pdlt.contractions import _proportional_total
+
+    relu, var = pdlt.activation("relu"), np.array([1.7])
+    pos = c > 0
+    # <(u²Θ)''> = <2Θ> = 1; <(u²Θ)⁗> = <2δ'> = 0; <(Θ(u) c uΘ(u))'> = c<Θ + uδ> = c/2; <(ΘΘ)''> = <δ'> = 0
+    expected = {(0, 0, 2): c if pos else 0.0, (0, 0, 4): 0.0, (1, 0, 1): c / 2 if pos else 0.0, (1, 1, 2): 0.0,
+                (0, 0, 0): c * var[0] / 2 if pos else 0.0}
+    for (d1, d2, m), want in expected.items():
+        got = _proportional_total(relu, d1, d2, m, var, np.array([c]))[0]
+        assert got == pytest.approx(want, abs=1e-10), (d1, d2, m)  # rounding of He_4 ~ t⁴ at |t| ≤ 8.5
+    assert np.isnan(_proportional_total(relu, 2, 0, 1, var, np.array([c]))[0])  # δ is not an ordinary function
+
+
+def test_relu_flow_on_exactly_proportional_inputs():
+    """1-D inputs with C_b = 0: the flow is homogeneous, continuous in C_b → 0, and warns near (not at) proportionality."""
+    import warnings
+
+    X = np.array([[-1.0], [0.8], [0.3]])
+    net = pdlt.MLP(input_dim=1, hidden_widths=[8, 8, 8], output_dim=1, activation=pdlt.activation("relu"), c_b=0.0, c_w=2.0)
+    s = pdlt.flow(net, X)[-1]
+    r = 0.8 / 0.3  # z(0.8) = r z(0.3) in every network: V scales with r per slot
+    assert s.V[1, 1, 1, 1] == pytest.approx(r**4 * s.V[2, 2, 2, 2], rel=1e-12)
+    assert s.V[1, 2, 1, 2] == pytest.approx(r**2 * s.V[2, 2, 2, 2], rel=1e-12)
+    assert s.D[0, 0, 1, 2] == pytest.approx(r * s.D[0, 0, 2, 2], rel=1e-12)
+    for f in ("V", "A", "B", "D", "F", "G1", "H1"):
+        assert np.all(np.isfinite(getattr(s, f))), f
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = pdlt.flow(net.evolve(c_b=1e-3), X)[-1]  # nearly proportional, still accurate
+    for f, tol in (("V", 3e-3), ("B", 4e-2), ("F", 2e-2), ("A", 2e-2), ("D", 2e-2)):
+        a, b = getattr(t, f), getattr(s, f)
+        assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(b)), f
+    with pytest.warns(pdlt.errors.AccuracyWarning, match="estimated relative error"):
+        pdlt.flow(net.evolve(c_b=1e-5), X)
