@@ -293,6 +293,15 @@ def flow(net: Architecture, X, *, order: str = "full", quadrature=None) -> Flow:
     if order not in ("full", "leading", "dntk"):
         raise ParameterError(f"The 'order' parameter of flow must be 'full', 'leading' or 'dntk'. Got {order!r} instead.")
     X = validate_inputs(X, net.input_dim)
+    act = getattr(net, "activation", None)
+    if net.depth >= 2 and act is not None and getattr(act, "max_derivative", 1) < 1:
+        raise ParameterError(
+            f"pdlt.flow needs an activation whose first derivative is an ordinary function (max_derivative >= 1): "
+            f"every layer's NTK Θ contains ⟨σ'σ'⟩. Activation {act.describe()!r} has max_derivative = "
+            f"{act.max_derivative} (σ' is a δ-function, e.g. the perceptron), so ⟨σ'σ'⟩ = δ(0)·… diverges at "
+            "coinciding inputs and Θ, A, B, D, F are undefined. Its kernel can still be studied with "
+            "pdlt.expect (Gaussian expectations) and pdlt.criticality; for the flow use a smooth or ReLU-like activation."
+        )
     rule = _rule(quadrature)
     stats = net.first_layer(X, order=order)
     layers = [stats]

@@ -328,3 +328,12 @@ def test_bad_arguments_raise():
         pdlt.flow(net, np.ones((1, 2)), order="nlo")
     with pytest.raises(ParameterError):
         pdlt.flow("not a network", np.ones((1, 2)))
+
+
+def test_flow_refuses_an_activation_without_an_ordinary_first_derivative():
+    """The perceptron's σ' = δ makes ⟨σ'σ'⟩ (in every NTK) diverge at coinciding inputs: a clear error, not NaN."""
+    net = pdlt.MLP(input_dim=1, hidden_widths=[8], output_dim=1, activation=pdlt.activation("perceptron"), c_b=0.1, c_w=1.0)
+    with pytest.raises(pdlt.errors.ParameterError, match="max_derivative >= 1.*perceptron"):
+        pdlt.flow(net, np.array([[0.5], [1.0]]), order="leading")
+    one = pdlt.MLP(input_dim=1, hidden_widths=[], output_dim=1, activation=pdlt.activation("perceptron"))
+    assert np.all(np.isfinite(pdlt.flow(one, np.array([[0.5], [1.0]]))[-1].Theta))  # depth 1: no σ'
