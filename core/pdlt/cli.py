@@ -484,14 +484,17 @@ def _inputs(opts) -> tuple[np.ndarray, str]:
 
 
 def _at_criticality(net):
+    from .errors import NoCriticalityError
+
+    hint = " On the command line, pass --c-b and --c-w to choose the initialization yourself."
     try:
         return net.at_criticality()
+    except NoCriticalityError as exc:
+        raise NoCriticalityError(f"{exc}{hint}") from None
     except NotImplementedError:
-        from .errors import NoCriticalityError
-
         report = _criticality_function()(net.activation)
         if report.c_w is None:
-            raise NoCriticalityError(f"{net.activation.name!r} admits no critical initialization: {report.reason}") from None
+            raise NoCriticalityError(f"{net.activation.name!r} admits no critical initialization: {report.reason}.{hint}") from None
         return net.evolve(c_b=report.c_b, c_w=report.c_w)
 
 

@@ -240,9 +240,12 @@ def _evaluate(activation, orders, K, insert, *, method="auto", rule=None, estima
         result = quadrature(activation, orders, K, insert=insert, rule=rule, estimate_error=estimate_error)
     values, errors = (np.asarray(r, dtype=float) for r in result)
     if not np.all(np.isfinite(values)):
+        var = float(np.max(np.diagonal(K, axis1=-2, axis2=-1)))
         raise NumericalError(
-            f"Gaussian expectation of {activation.name} with orders {tuple(orders)} is not finite for some blocks "
-            "(a distributional product such as δ(z)² at coinciding inputs?)."
+            f"Gaussian expectation of {activation.name} with orders {tuple(orders)} is not finite for some blocks: "
+            f"either σ grows too fast for the largest variance K = {var:.3g} (overflow; the kernel of a fast-growing "
+            "σ such as the exponential explodes over depth: use a smaller C_W, smaller inputs or fewer layers) or "
+            "the product is a distribution such as δ(z)² at coinciding inputs."
         )
     return values, errors
 
