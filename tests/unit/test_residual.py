@@ -410,8 +410,9 @@ def test_ntk_tower_truncated_to_the_closure_is_the_flow(act):
 
 
 def test_flow_uses_the_exact_tower_when_it_is_cheap():
-    """tower='auto': exact for N ≤ 2 with shortcuts, the closure for N = 3, coinciding inputs or γ = 0;
-    'exact' insists (and rejects a singular kernel); 'closure' never uses the tower."""
+    """tower='auto': exact with shortcuts for N ≤ 3 (smooth σ) or N ≤ 2 (kinked σ), the closure beyond,
+    for a singular K^(1), coinciding inputs or γ = 0; 'exact' insists (and rejects a singular kernel);
+    'closure' never uses the tower."""
     net = _res("tanh", gamma=0.6, xi=0.9)
     tw = residual_module.input_tower(net, X2, ntk=True)
     auto = pdlt.flow(net, X2)
@@ -419,7 +420,7 @@ def test_flow_uses_the_exact_tower_when_it_is_cheap():
     for name in ("V", "G1", "H1", "A", "B", "D", "F"):
         np.testing.assert_array_equal(getattr(auto[-1], name), getattr(tw[-1], name))
         assert not np.allclose(getattr(closed[-1], name), getattr(tw[-1], name), rtol=1e-6, atol=0)
-    three = pdlt.flow(net, X3)  # N = 3: the closure
+    three = pdlt.flow(net, X3)  # C_b = 0 and three 2-D inputs: K^(1) is singular, so the closure
     np.testing.assert_allclose(three[-1].restrict([0, 1]).A, closed[-1].A, rtol=1e-9, atol=1e-12)
     same = np.vstack([X2[0], X2[0]])
     assert pdlt.flow(net, same)[-1].A[0, 0, 0, 0] == pytest.approx(closed[-1].A[0, 0, 0, 0], rel=1e-9)
@@ -427,3 +428,19 @@ def test_flow_uses_the_exact_tower_when_it_is_cheap():
         pdlt.flow(net.evolve(tower="exact"), same)
     plain = _res("tanh", gamma=0.0, xi=1.0)
     assert residual_module._wants_tower(plain, X2) is False and residual_module._wants_tower(net, X3) is False
+    assert residual_module._wants_tower(_res("tanh", gamma=0.6).evolve(c_b=0.1), X3) is True
+    assert residual_module._wants_tower(_res("relu", gamma=0.6).evolve(c_b=0.1), X3) is False
+    assert residual_module._wants_tower(_res("tanh", gamma=0.6).evolve(c_b=0.1), np.vstack([X3, [[0.3, 0.3]]])) is False
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu"])
+def test_gauss_hermite_tower_grid_equals_the_composite_grid(act):
+    """Smooth σ: the tower's Gauss–Hermite tensor grid (chosen per layer) reproduces the composite rule."""
+    net = _res(act, gamma=0.6, xi=0.9).evolve(c_b=0.1)
+    assert len(residual_module._tower_grid(net.activation, 8, 1.0, lambda: None)[0]) <= 256
+    assert residual_module._tower_grid(pdlt.activation("relu"), 8, 1.0, lambda: "composite") == "composite"
+    gh = residual_module.input_tower(net, X2, ntk=True)[-1]
+    comp = residual_module.input_tower(net, X2, ntk=True, grid_panel=0.25)[-1]
+    for name in ("V", "G1", "H1", "A", "B", "D", "F", "Omega", "Pi", "Phi"):
+        a, b = np.asarray(getattr(gh, name)), np.asarray(getattr(comp, name))
+        assert np.max(np.abs(a - b)) <= 1e-9 * max(np.max(np.abs(b)), 1e-12), name
