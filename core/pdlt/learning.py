@@ -452,7 +452,7 @@ class LearningAlgorithm:
             try:
                 return flow(net, X, order="dntk", quadrature=quadrature)[-1]
             except ParameterError as exc:
-                if "order" not in str(exc):
+                if "'order' parameter" not in str(exc):  # only an architecture without order="dntk"
                     raise
                 order = "full"
         return flow(net, X, order=order, quadrature=quadrature)[-1]

@@ -1117,6 +1117,8 @@ class _GradientBase(LearningAlgorithm):
     order: ClassVar[str] = "dntk"
 
     def output_statistics(self, net, X, *, order, quadrature=None):
+        if order == "dntk" and not self.include_dntk:
+            order = "full"  # P..U are set to zero: do not compute them (nor fail where they are not derived)
         return _output_statistics_with_dntk(self, net, X, order, quadrature)
 
     def _full_distribution(self, eng, stats, n_out: int, corrections: bool, notes: tuple) -> TrainedDistribution:

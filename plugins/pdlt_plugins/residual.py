@@ -625,7 +625,9 @@ def residual_dntk_step(net, E: LayerExpectations, s: Statistics, C: float, lw: f
                 f"The dNTK statistics P, Q, R, S, T, U of a residual layer (layer {layer}) are not derived for "
                 f"activations that are not odd: activation {net.activation.name!r} with gamma = {g!r} makes the "
                 "three-point tensors Omega, Pi, Phi non-zero, and their contributions to P..U are not derived "
-                "(docs/residual.md). Use an odd activation (e.g. tanh), or gamma = 0 in every layer."
+                "(docs/residual.md). Use an odd activation (e.g. tanh), gamma = 0 in every layer, order='leading' "
+                "(infinite width), or GradientDescent(..., include_dntk=False) (the frozen-NTK part of the 1/n "
+                "correction only: P..U set to zero, a biased approximation)."
             )
     base = dntk_step(E, s, C, lw, F_next=None, undefined="nan")
     if g == 0.0:

@@ -100,3 +100,13 @@ def test_solver_on_residual_networks():
     gelu = net.evolve(activation=pdlt.activation("gelu"))
     with pytest.raises(ParameterError, match="not derived for activations that are not odd"):
         pdlt.solve(gelu, pdlt.GradientDescent(learning_rate=0.1), XA, y, XB)
+
+
+def test_include_dntk_false_skips_the_dntk_statistics():
+    """include_dntk=False needs no P..U, so it also works where they are not derived (residual GELU)."""
+    net = ResidualMLP(input_dim=2, hidden_widths=[16] * 3, output_dim=1, activation=pdlt.activation("gelu"), gamma=0.5).at_criticality()
+    XA, XB, y = X[:2], X[2:], np.array([[0.3], [-0.2]])
+    d = pdlt.solve(net, pdlt.GradientDescent(learning_rate=0.1, include_dntk=False), XA, y, XB)
+    assert d.mean_correction is not None and np.all(np.isfinite(d.mean_correction)) and "include_dntk=False" in d.notes[0]
+    with pytest.raises(ParameterError, match="include_dntk=False"):
+        pdlt.solve(net, pdlt.GradientDescent(learning_rate=0.1), XA, y, XB)
