@@ -129,12 +129,11 @@ class ResidualMLP(Architecture):
         How :func:`pdlt.flow` computes the O(1/n) tensors (V, G1, H1, A, B, D, F, Ω, Π, Φ).
         "exact": the Hermite tower (:func:`input_tower` with ``ntk=True``), exact at O(1/n) up to a
         truncation error that falls like γ^degree; cost grows steeply with the number of inputs N
-        (depth 4, smooth σ: ≈ 0.05 s for N = 1, ≈ 0.5–3 s for N = 2–3, ≈ 25 s for N = 4; kinked σ such as
-        ReLU: ≈ 1 s for N = 2, ≈ 40 s for N = 3).
+        (depth 4: ≈ 0.05 s for N = 1, ≈ 0.5 s for N = 2–3, ≈ 3 s for N = 4; N = 5 needs ~1 GB).
         "closure": the closed recursions of :func:`next_layer` (fast for any N; 1–3 % off V, B, F
         and up to ~10 % off A, H1 beyond the first residual layer for γ ≈ 0.5–0.6).
-        "auto": "exact" when N ≤ 3 for smooth σ (N ≤ 2 for kinked σ such as ReLU), some γ ≠ 0 and
-        K^(1) is non-singular, else "closure" (for γ = 0 everywhere the closure is already exact).
+        "auto": "exact" when N ≤ 4, some γ ≠ 0 and K^(1) is non-singular, else "closure" (for γ = 0
+        everywhere the closure is already exact).
 
     Notes
     -----
@@ -294,10 +293,10 @@ def _tower_of(stats):
     return entry[1] if entry is not None and entry[0]() is stats else None
 
 
-#: ``tower="auto"`` uses the exact tower up to this many inputs: (smooth σ, kinked σ).  Smooth σ use
-#: a Gauss–Hermite tensor grid (N = 3, depth 4: ≈ 0.5–3 s; N = 4: ≈ 25 s), kinked σ the composite
-#: grid (N = 3: ≈ 40 s).
-AUTO_TOWER_INPUTS = {False: 3, True: 2}
+#: ``tower="auto"`` uses the exact tower up to this many inputs: {smooth σ?: N}.  The projections are
+#: pairwise 2-D integrals (Gauss–Hermite for smooth σ, kink-aligned panels for kinked σ), so depth 4
+#: costs ≈ 0.5 s for N = 3 and ≈ 3 s for N = 4; N = 5 would need ~1 GB for the b tensor (N⁴nb²).
+AUTO_TOWER_INPUTS = {False: 4, True: 4}
 
 
 def _wants_tower(net: "ResidualMLP", X: np.ndarray) -> bool:
@@ -1009,12 +1008,18 @@ def _tower_grid(act, M: int, scale: float, composite):
 
 
 def _project_products(act, L: np.ndarray, basis: _Basis, grid, kinds=((0, 0), (0, 1), (1, 1)),
-                      max_points: int = 2_000_000) -> dict[tuple[int, int], np.ndarray]:
-    """{(d1, d2): P[A, a, b] = ⟨σ^(d1)(z_a) σ^(d2)(z_b) h_A⟩_K}, constant component included, on the
-    tensor grid in w = L⁻¹z.  The grid is visited in slabs of the first axis of at most
-    ``max_points`` points, so that memory stays bounded for three or more inputs."""
+                      max_points: int = 2_000_000, reduce: bool = True) -> dict[tuple[int, int], np.ndarray]:
+    """{(d1, d2): P[A, a, b] = ⟨σ^(d1)(z_a) σ^(d2)(z_b) h_A⟩_K}, constant component included.
+
+    For N ≥ 3, or N = 2 with a kinked σ (``reduce``), each pair is integrated in the plane it spans: with an orthogonal Q whose
+    first two columns span the rows L_a, L_b (z = L w, w = Q v), h_A(Qv) = Σ_B M̃(Q)_AB h_B(v) (the
+    Mehler matrix of the rotation) and ⟨f(v1, v2) h_B(v)⟩ vanishes unless B_3 = … = 0, so only 2-D
+    integrals are needed (N² of them instead of an N-D tensor grid).  Otherwise the N-D tensor grid in
+    w = L⁻¹z is visited in slabs of the first axis of at most ``max_points`` points."""
     x, Psi = grid
     N, m = L.shape[0], x.size
+    if reduce and (N >= 3 or (N == 2 and act.kinks)):
+        return _project_products_planar(act, L, basis, grid, kinds)
     step = max(1, max_points // m ** (N - 1))
     sel = tuple(basis.A.T)
     out = {kd: np.zeros((basis.nb, N, N)) for kd in kinds}
@@ -1034,6 +1039,86 @@ def _project_products(act, L: np.ndarray, basis: _Basis, grid, kinds=((0, 0), (0
                     for k in range(N):  # contract the last grid axis each time; the slab axis comes last
                         T = np.tensordot(Psi if k < N - 1 else Psi[:, s0 : s0 + step], T, axes=([1], [N - 1]))
                     P[:, a, b] += T[sel]
+    for d1, d2 in kinds:
+        if d1 == d2:
+            P = out[(d1, d2)]
+            iu = np.triu_indices(N, 1)
+            P[:, iu[1], iu[0]] = P[:, iu[0], iu[1]]
+    return out
+
+
+def _hermite_rows(M: int, u: np.ndarray) -> np.ndarray:
+    """h_k(u), k = 0..M (orthonormal probabilists' Hermite polynomials), stacked on a new first axis."""
+    H = np.empty((M + 1,) + u.shape)
+    prev, cur = np.zeros_like(u), np.ones_like(u)
+    for k in range(M + 1):
+        H[k] = cur
+        prev, cur = cur, (u * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
+    return H
+
+
+def _kink_aligned_plane(act, M: int, c1: float, c2a: float, c2b: float):
+    """Nodes of a 2-D rule for N(0, I_2) on which z_a = c1 v1 and z_b = c2a v1 + c2b v2 have their kinks
+    on panel edges: a composite Gauss–Legendre rule in v1 broken at the kinks of z_a, and for each v1
+    node one in v2 broken where z_b crosses a kink.  Returns (v1 (m1,), Ψ1 (M+1, m1), v2 (m1, m2),
+    W2 (M+1, m1, m2)) with Ψ1 = h_k(v1)·weight and W2 = h_l(v2)·weight (weights include the density)."""
+    from pdlt.gaussian import _T, _composite_rule
+
+    kinks = np.asarray(act.kinks, dtype=float)
+    xg, wg = np.polynomial.legendre.leggauss(8)
+    fixed = np.linspace(-_T, _T, 69)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.concatenate([fixed, kinks / c1 if c1 != 0.0 else np.full(len(kinks), np.nan)])
+        v1, w1 = _composite_rule(c[None, :], xg, wg)
+        v1, w1 = v1[0], w1[0]
+        brk = (kinks[None, :] - c2a * v1[:, None]) / c2b if abs(c2b) > 1e-14 else np.full((len(v1), len(kinks)), np.nan)
+    v2, w2 = _composite_rule(np.concatenate([np.broadcast_to(fixed, (len(v1), len(fixed))), brk], axis=1), xg, wg)
+    return v1, _hermite_rows(M, v1) * w1, v2, _hermite_rows(M, v2) * w2
+
+
+def _project_products_planar(act, L: np.ndarray, basis: _Basis, grid, kinds) -> dict[tuple[int, int], np.ndarray]:
+    """:func:`_project_products` by pairwise 2-D integrals and Mehler rotations (N ≥ 3).
+
+    Smooth σ use the tensor product of ``grid``; kinked σ a rule whose panels end on the kinks of
+    both factors (:func:`_kink_aligned_plane`): a step σ' on a slanted kink line would otherwise
+    converge only linearly in the panel width (1e-4 relative at 0.25)."""
+    x, Psi = grid
+    N, M = L.shape[0], basis.M
+    orders = sorted({o for kd in kinds for o in kd})
+    planar = np.all(basis.A[:, 2:] == 0, axis=1)  # B with B_3 = … = B_N = 0
+    b1, b2 = basis.A[planar, 0], basis.A[planar, 1]
+    out = {kd: np.zeros((basis.nb, N, N)) for kd in kinds}
+    v1, v2 = np.meshgrid(x, x, indexing="ij")
+    for a in range(N):
+        for b in range(a, N):
+            la, lb = L[a], L[b]
+            q1 = la / np.linalg.norm(la)
+            r = lb - (lb @ q1) * q1
+            # complete (q1, r) to an orthonormal basis (r may vanish: a = b or proportional rows)
+            Q, _ = np.linalg.qr(np.column_stack([q1, r if np.linalg.norm(r) > 1e-12 * np.linalg.norm(lb) else np.zeros(N), np.eye(N)]))
+            Mq = basis.mehler(Q)  # h_A(Qv) = Σ_B Mq[A, B] h_B(v); z_a, z_b lie in the plane of Q's first two columns
+            c1, c2a, c2b = la @ Q[:, 0], lb @ Q[:, 0], lb @ Q[:, 1]
+            if act.kinks:
+                u1, Psi1, u2, W2 = _kink_aligned_plane(act, M, c1, c2a, c2b)
+                za, zb = np.broadcast_to((c1 * u1)[:, None], u2.shape), c2a * u1[:, None] + c2b * u2
+            else:
+                za, zb = c1 * v1, c2a * v1 + c2b * v2
+            vals = {o: (np.asarray(act(za) if o == 0 else act.derivative(za, o), dtype=float),
+                        np.asarray(act(zb) if o == 0 else act.derivative(zb, o), dtype=float)) for o in orders}
+            for d1, d2 in kinds:
+                pairs = [(a, b, vals[d1][0] * vals[d2][1])]
+                if a != b:
+                    pairs.append((b, a, vals[d1][1] * vals[d2][0]))
+                for i, j, F in pairs:
+                    if d1 == d2 and j < i:
+                        continue
+                    if act.kinks:
+                        C2 = np.einsum("kp,lpq,pq->kl", Psi1, W2, F, optimize=True)  # ⟨F h_k(v1) h_l(v2)⟩
+                    else:
+                        C2 = Psi @ F @ Psi.T  # ⟨F h_k(v1) h_l(v2)⟩, k, l ≤ M
+                    G = np.zeros(basis.nb)
+                    G[planar] = C2[b1, b2]
+                    out[(d1, d2)][:, i, j] = Mq @ G
     for d1, d2 in kinds:
         if d1 == d2:
             P = out[(d1, d2)]
@@ -1325,6 +1410,9 @@ def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool
 
     def chol(Kmat, ell):
         try:
+            ev = np.linalg.eigvalsh(Kmat)
+            if ev[0] <= 1e-12 * max(ev[-1], 1e-300):  # numerically singular: Cholesky may still "succeed"
+                raise np.linalg.LinAlgError
             return np.linalg.cholesky(Kmat)
         except np.linalg.LinAlgError:
             raise ParameterError(

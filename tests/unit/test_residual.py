@@ -410,7 +410,7 @@ def test_ntk_tower_truncated_to_the_closure_is_the_flow(act):
 
 
 def test_flow_uses_the_exact_tower_when_it_is_cheap():
-    """tower='auto': exact with shortcuts for N ≤ 3 (smooth σ) or N ≤ 2 (kinked σ), the closure beyond,
+    """tower='auto': exact with shortcuts for N ≤ 4 inputs, the closure beyond,
     for a singular K^(1), coinciding inputs or γ = 0; 'exact' insists (and rejects a singular kernel);
     'closure' never uses the tower."""
     net = _res("tanh", gamma=0.6, xi=0.9)
@@ -429,8 +429,10 @@ def test_flow_uses_the_exact_tower_when_it_is_cheap():
     plain = _res("tanh", gamma=0.0, xi=1.0)
     assert residual_module._wants_tower(plain, X2) is False and residual_module._wants_tower(net, X3) is False
     assert residual_module._wants_tower(_res("tanh", gamma=0.6).evolve(c_b=0.1), X3) is True
-    assert residual_module._wants_tower(_res("relu", gamma=0.6).evolve(c_b=0.1), X3) is False
-    assert residual_module._wants_tower(_res("tanh", gamma=0.6).evolve(c_b=0.1), np.vstack([X3, [[0.3, 0.3]]])) is False
+    assert residual_module._wants_tower(_res("relu", gamma=0.6).evolve(c_b=0.1), X3) is True
+    wide = ResidualMLP(input_dim=5, hidden_widths=[6] * 3, output_dim=6, activation=_act("relu"), gamma=0.5, c_b=0.1)
+    X5 = np.random.default_rng(0).normal(size=(5, 5))
+    assert residual_module._wants_tower(wide, X5[:4]) is True and residual_module._wants_tower(wide, X5) is False
 
 
 @pytest.mark.parametrize("act", ["tanh", "gelu"])
@@ -444,3 +446,24 @@ def test_gauss_hermite_tower_grid_equals_the_composite_grid(act):
     for name in ("V", "G1", "H1", "A", "B", "D", "F", "Omega", "Pi", "Phi"):
         a, b = np.asarray(getattr(gh, name)), np.asarray(getattr(comp, name))
         assert np.max(np.abs(a - b)) <= 1e-9 * max(np.max(np.abs(b)), 1e-12), name
+
+
+def test_planar_projections_are_exact_for_relu():
+    """Kink-aligned 2-D projections (N = 3): ⟨Θ_aΘ_b h_A⟩ against closed forms for degree 0 (arc-cosine)
+    and degree 1 (Stein: E[Θ_aΘ_b z_c] = ½ Σ_{x=a,b} K_cx/√(2πK_xx)); the old N-D composite grid was 2e-4 off."""
+    K = np.array([[1.2, 0.3, -0.2], [0.3, 0.9, 0.1], [-0.2, 0.1, 1.1]])
+    L = np.linalg.cholesky(K)
+    Li = np.linalg.inv(L)
+    basis = residual_module._Basis(3, 8)
+    P = residual_module._project_products(_act("relu"), L, basis, residual_module._hermite_grid(8, 10.0, 0.25))[(1, 1)]
+    d = np.sqrt(np.diag(K))
+    theta = np.arccos(np.clip(K / np.outer(d, d), -1.0, 1.0))
+    np.testing.assert_allclose(P[0], (np.pi - theta) / (2 * np.pi), atol=1e-13)
+    for j in range(3):
+        e = [0, 0, 0]
+        e[j] = 1
+        row = P[basis.pos[tuple(e)]]
+        phi = K / np.sqrt(2 * np.pi * np.diag(K))[None, :]  # phi[c, x] = K_cx / √(2π K_xx)
+        want = 0.5 * (Li[j] @ phi)[:, None] + 0.5 * (Li[j] @ phi)[None, :]
+        np.fill_diagonal(want, Li[j] @ phi)  # Θ_aΘ_a = Θ_a
+        np.testing.assert_allclose(row, want, atol=1e-13)
