@@ -1313,7 +1313,7 @@ class _NTKTower:
             Theta=self.Theta.copy(),
             H1=self.ah[pid, 0],
             A=A0[pid[:, :, None, None], pid[None, None, :, :]],
-            B=np.einsum("prqs->pqrs", self.b[..., 0, 0]),
+            B=np.einsum("prqs->pqrs", self.b[..., 0, 0]).copy(),  # a copy: a view would keep the whole b tensor alive
             D=np.einsum("abA,cdA->abcd", erow, Z2),
             F=np.einsum("qA,prAB,sB->pqrs", Z1, self.phi, Z1),
             Pi=np.einsum("abA,cA->abc", erow, Z1),
