@@ -33,6 +33,7 @@ handed from layer to layer.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import weakref
@@ -969,16 +970,28 @@ def _hermite_grid(M: int, half_width: float = 10.0, panel: float = 0.25, order: 
     return x, Psi * psi0 * w
 
 
+def _hermite_rows(M: int, u: np.ndarray) -> np.ndarray:
+    """h_k(u), k = 0..M (orthonormal probabilists' Hermite polynomials), stacked on a new first axis."""
+    H = np.empty((M + 1,) + u.shape)
+    prev, cur = np.zeros_like(u), np.ones_like(u)
+    for k in range(M + 1):
+        H[k] = cur
+        prev, cur = cur, (u * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
+    return H
+
+
+def _mirror_equal_orders(out: dict[tuple[int, int], np.ndarray]) -> None:
+    """Fill the lower triangle (b < a) of P[:, a, b] from the upper one where d1 = d2 (symmetric)."""
+    for (d1, d2), P in out.items():
+        if d1 == d2:
+            iu = np.triu_indices(P.shape[1], 1)
+            P[:, iu[1], iu[0]] = P[:, iu[0], iu[1]]
+
+
 def _gauss_hermite_grid(M: int, n: int):
     """n-point Gauss–Hermite grid x and Ψ[k, p] = h_k(x_p) ω_p (k ≤ M; ω the N(0, 1) weights)."""
     x, w = np.polynomial.hermite_e.hermegauss(n)
-    w = w / w.sum()
-    Psi = np.empty((M + 1, n))
-    prev, cur = np.zeros(n), np.ones(n)
-    for k in range(M + 1):
-        Psi[k] = cur
-        prev, cur = cur, (x * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
-    return x, Psi * w
+    return x, _hermite_rows(M, x) * (w / w.sum())
 
 
 def _tower_grid(act, M: int, scale: float, composite):
@@ -995,6 +1008,7 @@ def _tower_grid(act, M: int, scale: float, composite):
         return composite()
     orders = (0, 1)
 
+    @functools.cache
     def proj(n):
         x, Psi = _gauss_hermite_grid(M, n)
         z = scale * x
@@ -1039,22 +1053,8 @@ def _project_products(act, L: np.ndarray, basis: _Basis, grid, kinds=((0, 0), (0
                     for k in range(N):  # contract the last grid axis each time; the slab axis comes last
                         T = np.tensordot(Psi if k < N - 1 else Psi[:, s0 : s0 + step], T, axes=([1], [N - 1]))
                     P[:, a, b] += T[sel]
-    for d1, d2 in kinds:
-        if d1 == d2:
-            P = out[(d1, d2)]
-            iu = np.triu_indices(N, 1)
-            P[:, iu[1], iu[0]] = P[:, iu[0], iu[1]]
+    _mirror_equal_orders(out)
     return out
-
-
-def _hermite_rows(M: int, u: np.ndarray) -> np.ndarray:
-    """h_k(u), k = 0..M (orthonormal probabilists' Hermite polynomials), stacked on a new first axis."""
-    H = np.empty((M + 1,) + u.shape)
-    prev, cur = np.zeros_like(u), np.ones_like(u)
-    for k in range(M + 1):
-        H[k] = cur
-        prev, cur = cur, (u * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
-    return H
 
 
 def _kink_aligned_plane(act, M: int, c1: float, c2a: float, c2b: float):
@@ -1088,7 +1088,8 @@ def _project_products_planar(act, L: np.ndarray, basis: _Basis, grid, kinds) -> 
     planar = np.all(basis.A[:, 2:] == 0, axis=1)  # B with B_3 = … = B_N = 0
     b1, b2 = basis.A[planar, 0], basis.A[planar, 1]
     out = {kd: np.zeros((basis.nb, N, N)) for kd in kinds}
-    v1, v2 = np.meshgrid(x, x, indexing="ij")
+    if not act.kinks:
+        v1, v2 = np.meshgrid(x, x, indexing="ij")
     for a in range(N):
         for b in range(a, N):
             la, lb = L[a], L[b]
@@ -1119,11 +1120,7 @@ def _project_products_planar(act, L: np.ndarray, basis: _Basis, grid, kinds) -> 
                     G = np.zeros(basis.nb)
                     G[planar] = C2[b1, b2]
                     out[(d1, d2)][:, i, j] = Mq @ G
-    for d1, d2 in kinds:
-        if d1 == d2:
-            P = out[(d1, d2)]
-            iu = np.triu_indices(N, 1)
-            P[:, iu[1], iu[0]] = P[:, iu[0], iu[1]]
+    _mirror_equal_orders(out)
     return out
 
 
