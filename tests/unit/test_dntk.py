@@ -64,48 +64,8 @@ class SmoothReLU(Activation):
         return {1: special.ndtr(u), 2: phi / self.eps, 3: -u * phi / self.eps**2, 4: (u * u - 1) * phi / self.eps**3}[order]
 
 
-# ---------------------------------------------------------------------------------------------
-# single-network reference (complex step + central differences)
-
-
-class _Reference:
-    """One network as a function of its flat parameter vector θ (complex-safe tanh forward)."""
-
-    def __init__(self, net, params, s, X):
-        self.W = net.widths
-        self.L = len(self.W) - 1
-        self.X = X
-        self.theta = np.concatenate(
-            [np.concatenate([params.weights[l][s].ravel(), params.biases[l][s]]) for l in range(self.L)]
-        )
-        self.lam = np.concatenate(
-            [
-                np.concatenate(
-                    [np.full(self.W[l + 1] * self.W[l], net.lambda_W[l] / self.W[l]), np.full(self.W[l + 1], net.lambda_B[l])]
-                )
-                for l in range(self.L)
-            ]
-        )
-
-    def z(self, th):
-        a, o = self.X.T, 0
-        for l in range(self.L):
-            n, m = self.W[l + 1], self.W[l]
-            Wl = th[o : o + n * m].reshape(n, m)
-            o += n * m
-            bl = th[o : o + n]
-            o += n
-            z = Wl @ a + bl[:, None]
-            a = np.tanh(z)
-        return z.ravel()  # flattened I = i·N + δ
-
-    def dz(self, th, v, h=1e-30):
-        """Dz[v] at θ, exact to round-off (complex step)."""
-        return np.imag(self.z(th + 1j * h * v)) / h
-
-
 @pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda L: f"L{L}")
-def tiny(request):
+def tiny(request, fd_reference):
     L = request.param
     widths = {2: (4,), 3: (3, 4), 4: (3, 2, 4)}[L]
     net = MLP(
@@ -123,10 +83,7 @@ def tiny(request):
     K = 2 * 3
     triples = np.array(list(itertools.product(range(K), repeat=3)))
     od = output_differentials(net, params, X, triples=triples, check_reverse=True)
-    ref = _Reference(net, params, 1, X)
-    th = ref.theta
-    J = np.stack([ref.dz(th, e) for e in np.eye(len(th))], axis=1)
-    V = ref.lam * J  # rows: tangent vectors v_J
+    ref, J, V = fd_reference.jets(net, params, 1, X)  # V: rows are the tangent vectors v_J
     return net, params, X, od, ref, J, V
 
 
@@ -143,27 +100,17 @@ def test_ntk_matches_forward_equation_and_complex_step(tiny):
     assert np.allclose(od.H, H_fe, rtol=1e-12, atol=1e-12)
 
 
-def test_dntk_matches_finite_differences(tiny):
+def test_dntk_matches_finite_differences(tiny, fd_reference):
     net, params, X, od, ref, J, V = tiny
-    t, M = 1e-4, V.shape[0]
-    dH = np.zeros((M, M, M))
-    for a, b in itertools.product(range(M), repeat=2):
-        dH[:, a, b] = (ref.dz(ref.theta + t * V[b], V[a]) - ref.dz(ref.theta - t * V[b], V[a])) / (2 * t)
-    assert _rel(od.dH[1], dH) < 1e-6
+    assert _rel(od.dH[1], fd_reference.dntk(ref, V, 1e-4)) < 1e-6
     # forward-over-reverse gives the same tensor to round-off
     assert np.allclose(od.dH_reverse, od.dH, rtol=0, atol=1e-12 * np.abs(od.dH).max())
     assert np.allclose(od.dH, np.swapaxes(od.dH, 2, 3), atol=1e-13 * np.abs(od.dH).max())
 
 
-def test_ddntk1_matches_finite_differences(tiny):
+def test_ddntk1_matches_finite_differences(tiny, fd_reference):
     net, params, X, od, ref, J, V = tiny
-    t = 1e-4
-    th = ref.theta
-    dd = np.zeros((V.shape[0], len(od.triples)))
-    for k, (a, b, c) in enumerate(od.triples):
-        f = lambda x, y: ref.dz(th + x * V[b] + y * V[c], V[a])  # noqa: E731
-        dd[:, k] = (f(t, t) - f(t, -t) - f(-t, t) + f(-t, -t)) / (4 * t * t)
-    assert _rel(od.ddH1[1], dd) < 1e-6
+    assert _rel(od.ddH1[1], fd_reference.ddntk1(ref, V, od.triples, 1e-4)) < 1e-6
     # symmetric in the three directions
     K = V.shape[0]
     full = od.ddH1.reshape(2, K, K, K, K)
@@ -171,17 +118,9 @@ def test_ddntk1_matches_finite_differences(tiny):
         assert np.allclose(full, full.transpose((0, 1) + tuple(p + 1 for p in perm)), atol=1e-12 * np.abs(full).max())
 
 
-def test_ddntk2_matches_finite_differences(tiny):
+def test_ddntk2_matches_finite_differences(tiny, fd_reference):
     net, params, X, od, ref, J, V = tiny
-    t, M, th = 1e-4, V.shape[0], ref.theta
-    HV = np.zeros((M, M, len(th)))  # (Hess z_I v_J)_μ
-    for mu in range(len(th)):
-        e = np.zeros(len(th))
-        e[mu] = t
-        for b in range(M):
-            HV[:, b, mu] = (ref.dz(th + e, V[b]) - ref.dz(th - e, V[b])) / (2 * t)
-    dd2 = np.einsum("ACp,BDp,p->ABCD", HV, HV, ref.lam)
-    assert _rel(od.ddH2[1], dd2) < 1e-6
+    assert _rel(od.ddH2[1], fd_reference.ddntk2(ref, V, 1e-4)) < 1e-6
     assert np.allclose(od.ddH2, od.ddH2.transpose(0, 2, 1, 4, 3), atol=1e-12 * np.abs(od.ddH2).max())
 
 

@@ -23,47 +23,8 @@ from pdlt_plugins.residual import ResidualMLP
 HYPER = dict(c_w=[1.3, 0.9, 1.5, 1.1], c_b=0.2, lambda_b=[0.7, 1.3, 0.4, 0.9], lambda_w=[1.4, 0.6, 1.2, 0.8])
 
 
-class _ResidualReference:
-    """One residual network as a function of its flat parameter vector θ (complex-safe tanh)."""
-
-    def __init__(self, net, params, s, X):
-        self.W = net.widths
-        self.L = len(self.W) - 1
-        self.X = X
-        self.g, self.xi = net.gammas, net.xis
-        self.theta = np.concatenate(
-            [np.concatenate([params.weights[l][s].ravel(), params.biases[l][s]]) for l in range(self.L)]
-        )
-        self.lam = np.concatenate(
-            [
-                np.concatenate(
-                    [np.full(self.W[l + 1] * self.W[l], net.lambda_W[l] / self.W[l]), np.full(self.W[l + 1], net.lambda_B[l])]
-                )
-                for l in range(self.L)
-            ]
-        )
-
-    def z(self, th):
-        a, o, z = self.X.T, 0, None
-        for l in range(self.L):
-            n, m = self.W[l + 1], self.W[l]
-            Wl = th[o : o + n * m].reshape(n, m)
-            o += n * m
-            bl = th[o : o + n]
-            o += n
-            zn = self.xi[l] * (Wl @ a + bl[:, None])
-            if self.g[l] != 0.0:
-                zn = zn + self.g[l] * z
-            z = zn
-            a = np.tanh(z)
-        return z.ravel()  # flattened I = i·N + δ
-
-    def dz(self, th, v, h=1e-30):
-        return np.imag(self.z(th + 1j * h * v)) / h
-
-
 @pytest.fixture(scope="module")
-def tiny_res():
+def tiny_res(fd_reference):
     net = ResidualMLP(input_dim=2, hidden_widths=(3, 3, 3), output_dim=3, activation=Tanh(), gamma=[0.0, 0.7, -0.5, 0.6],
                       xi=[1.1, 0.8, 1.2, 0.9], **HYPER)
     X = np.array([[0.5, -1.0], [1.2, 0.3]])
@@ -71,10 +32,7 @@ def tiny_res():
     K = 3 * 2
     triples = np.array(list(itertools.product(range(K), repeat=3)))
     od = output_differentials(net, params, X, triples=triples, check_reverse=True)
-    ref = _ResidualReference(net, params, 1, X)
-    th = ref.theta
-    J = np.stack([ref.dz(th, e) for e in np.eye(len(th))], axis=1)
-    V = ref.lam * J
+    ref, J, V = fd_reference.jets(net, params, 1, X)
     return net, params, X, od, ref, J, V
 
 
@@ -91,7 +49,7 @@ def test_residual_ntk_matches_forward_equation_and_complex_step(tiny_res):
     assert np.allclose(od.z, layers[-1].z, rtol=1e-13, atol=1e-13)
 
 
-def test_residual_dntk_matches_finite_differences_of_exact_ntk(tiny_res):
+def test_residual_dntk_matches_finite_differences_of_exact_ntk(tiny_res, fd_reference):
     """D Ĥ_{I0I1}[v_{I2}] = dĤ_{I0I1I2} + dĤ_{I1I0I2}, with Ĥ from the exact residual forward equation."""
     net, params, X, od, ref, J, V = tiny_res
     t, M = 1e-4, V.shape[0]
@@ -113,34 +71,19 @@ def test_residual_dntk_matches_finite_differences_of_exact_ntk(tiny_res):
     dH = od.dH[1]
     assert _rel(dH + dH.transpose(1, 0, 2), dH_fd) < 1e-6
     # second route: D²z along (v_a, v_b) by central differences of the complex-step derivative
-    dd = np.zeros((M, M, M))
-    for a, b in itertools.product(range(M), repeat=2):
-        dd[:, a, b] = (ref.dz(ref.theta + t * V[b], V[a]) - ref.dz(ref.theta - t * V[b], V[a])) / (2 * t)
-    assert _rel(dH, dd) < 1e-6
+    assert _rel(dH, fd_reference.dntk(ref, V, t)) < 1e-6
     assert np.allclose(od.dH_reverse, od.dH, rtol=0, atol=1e-12 * np.abs(od.dH).max())
 
 
-def test_residual_ddntk1_matches_finite_differences(tiny_res):
+def test_residual_ddntk1_matches_finite_differences(tiny_res, fd_reference):
     net, params, X, od, ref, J, V = tiny_res
-    t, th = 2e-5, ref.theta  # error of the stencil ∝ t² (5e-6 at t = 1e-4, 5e-7 at 3e-5: FD-limited)
-    dd = np.zeros((V.shape[0], len(od.triples)))
-    for k, (a, b, c) in enumerate(od.triples):
-        f = lambda x, y: ref.dz(th + x * V[b] + y * V[c], V[a])  # noqa: E731
-        dd[:, k] = (f(t, t) - f(t, -t) - f(-t, t) + f(-t, -t)) / (4 * t * t)
-    assert _rel(od.ddH1[1], dd) < 1e-6
+    t = 2e-5  # error of the stencil ∝ t² (5e-6 at t = 1e-4, 5e-7 at 3e-5: FD-limited)
+    assert _rel(od.ddH1[1], fd_reference.ddntk1(ref, V, od.triples, t)) < 1e-6
 
 
-def test_residual_ddntk2_matches_finite_differences(tiny_res):
+def test_residual_ddntk2_matches_finite_differences(tiny_res, fd_reference):
     net, params, X, od, ref, J, V = tiny_res
-    t, M, th = 1e-4, V.shape[0], ref.theta
-    HV = np.zeros((M, M, len(th)))
-    for mu in range(len(th)):
-        e = np.zeros(len(th))
-        e[mu] = t
-        for b in range(M):
-            HV[:, b, mu] = (ref.dz(th + e, V[b]) - ref.dz(th - e, V[b])) / (2 * t)
-    dd2 = np.einsum("ACp,BDp,p->ABCD", HV, HV, ref.lam)
-    assert _rel(od.ddH2[1], dd2) < 1e-6
+    assert _rel(od.ddH2[1], fd_reference.ddntk2(ref, V, 1e-4)) < 1e-6
 
 
 def test_residual_with_trivial_shortcut_is_the_mlp_bit_for_bit():
