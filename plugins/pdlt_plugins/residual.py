@@ -82,26 +82,36 @@ class ResidualStatistics(Statistics):
         Π_{(α1α2)α3} = n_{ℓ−1} E[ΔĤ_{kk;α1α2} z_{i;α3}], i ≠ k.
     Phi : ndarray (N, N, N) or None
         Φ_{pqr} = n_{ℓ−1} E[Ĥ_{ik;pr} z_{i;q}], i ≠ k (NTK index p and preactivation q on neuron i).
+    K_below, Theta_below : ndarray (N, N) or None
+        K^(ℓ−1) and Θ^(ℓ−1) of the layer the shortcut reads (set when γ^(ℓ) ≠ 0, else None): the
+        dNTK map of the next layer needs the joint law of (z^(ℓ−1)_k, z^(ℓ)_k) of one neuron
+        (:func:`_self_term_corrections`).
 
-    All three vanish for odd σ and for plain (γ = 0) layers.
+    Ω, Π, Φ vanish for odd σ and for plain (γ = 0) layers.
     """
 
     #: Appended to the learning algorithms' "statistics missing" errors (pdlt_plugins.learning).
     unavailable_note = (
-        "For residual networks the dNTK/ddNTK statistics P, Q, R, S, T, U are derived only for odd activations "
-        "(tanh-like; docs/residual.md): with a non-odd activation, gradient descent and the Newton step are "
-        "available at infinite width (order='leading'); Bayesian inference needs only K, V, G1 (and the output's "
-        "third cumulant Omega) and works to O(1/n). "
+        "For residual networks with an activation that is not odd, the dNTK/ddNTK statistics P, Q, R, S, T, U are "
+        "derived only when no two adjacent layers carry shortcuts (docs/residual.md); otherwise gradient descent "
+        "and the Newton step are available at infinite width (order='leading'), and Bayesian inference needs only "
+        "K, V, G1 (and the output's third cumulant Omega) and works to O(1/n). "
     )
 
     Omega: np.ndarray | None = attrs.field(**_arr)
     Pi: np.ndarray | None = attrs.field(**_arr)
     Phi: np.ndarray | None = attrs.field(**_arr)
+    K_below: np.ndarray | None = attrs.field(**_arr)
+    Theta_below: np.ndarray | None = attrs.field(**_arr)
 
     def restrict(self, idx):
         out = super().restrict(idx)
         idx = np.asarray(idx, dtype=int)
-        changes = {n: getattr(self, n)[np.ix_(idx, idx, idx)] for n in ("Omega", "Pi", "Phi") if getattr(self, n) is not None}
+        changes = {
+            n: getattr(self, n)[np.ix_(*[idx] * getattr(self, n).ndim)]
+            for n in ("Omega", "Pi", "Phi", "K_below", "Theta_below")
+            if getattr(self, n) is not None
+        }
         return attrs.evolve(out, **changes)
 
     def one_neuron_three_point(self) -> np.ndarray:
@@ -410,8 +420,10 @@ def next_layer(net: ResidualMLP, s: Statistics, ell: int, order: str, rule=None)
         fields.update({name: getattr(T, name) for name in ("V", "G1", "H1", "A", "B", "D", "F", "Omega", "Pi", "Phi")})
     elif order != "leading":
         fields.update(_corrections(net, E, s, C, lw, g))
+    if g != 0.0:
+        fields.update(K_below=s.K, Theta_below=s.Theta)
     if order == "dntk":
-        fields.update(residual_dntk_step(net, E, s, C, lw, g, layer=ell + 1))
+        fields.update(residual_dntk_step(net, E, s, C, lw, g, layer=ell + 1, F_next=fields.get("F")))
     out = ResidualStatistics(layer=ell + 1, width=net.widths[ell + 1], fan_in=s.width, quadrature_error=E.max_error, **fields)
     if tower is not None:
         _attach_tower(out, tower)
@@ -568,23 +580,29 @@ def _corrections(net, E: LayerExpectations, s: Statistics, C: float, lw: float, 
     return out
 
 
-def residual_dntk_step(net, E: LayerExpectations, s: Statistics, C: float, lw: float, g: float, *, layer: int | None = None) -> dict:
+def residual_dntk_step(
+    net, E: LayerExpectations, s: Statistics, C: float, lw: float, g: float, *, layer: int | None = None, F_next=None
+) -> dict:
     """P, Q, R, S, T, U of the residual layer ℓ+1 from the statistics of layer ℓ (docs/residual.md).
 
     Parameters
     ----------
     net : ResidualMLP
-        Only its activation is read (to check that σ is odd).
+        Its activation and per-layer γ, ξ (layer ℓ's own shortcut decides which map is exact).
     E : LayerExpectations
         Gaussian expectations over K^(ℓ) = ``s.K``.
     s : Statistics
-        Layer ℓ with Θ, B, F and P, Q, R, S, T, U (None read as zero, as for layer 1).
+        Layer ℓ with Θ, B, F and P, Q, R, S, T, U (None read as zero, as for layer 1); a residual
+        layer ℓ also carries ``K_below``, ``Theta_below`` (:class:`ResidualStatistics`).
     C, lw : float
         Effective ξ²C_W and ξ²λ_W of layer ℓ+1 (> 0 and >= 0).
     g : float
         Shortcut strength γ^(ℓ+1).
     layer : int, optional
         ℓ+1, for messages.
+    F_next : ndarray (N,)*4, optional
+        F^(ℓ+1) of the flow (plain layer ℓ+1 only: it enters Q as (λ_W/C_W)F'); recomputed from
+        the MLP formula when None.
 
     Returns
     -------
@@ -605,33 +623,46 @@ def residual_dntk_step(net, E: LayerExpectations, s: Statistics, C: float, lw: f
 
     (τ_ab = λ_Wσ'_aσ_b + CΘ_abσ''_aσ'_b, q_ab = λ_Wσ_aσ_b + CΘ_abσ'_aσ'_b, r = n_ℓ/n_{ℓ−1}, ⟨·⟩ over
     K^(ℓ), slot derivatives as in theory/dntk.md).  Two-neuron correlators of layer ℓ are closed
-    as in the MLP (E[Ĥ_jmĤ_jm f(z_j)g(z_m)] = B⟨f⟩⟨g⟩/n, …); for residual layers below ℓ this
-    factorisation is an approximation (the closure of the module docstring), measured in
-    docs/residual.md.
+    as in the MLP (E[Ĥ_jmĤ_jm f(z_j)g(z_m)] = B⟨f⟩⟨g⟩/n, …): exact when layer ℓ is plain, for any σ
+    (every correlator the map needs is then even in each neuron of layer ℓ).  When layer ℓ has a
+    shortcut over a plain layer ℓ−1 and layer ℓ+1 is plain, the "self" parts of those correlators
+    (neuron j's branch reading neuron k of layer ℓ−1, whose shortcut feeds z_k) are replaced by their
+    exact joint expectations (:func:`_self_term_corrections`): exact at O(1/n) for any σ, including
+    the odd parts a non-odd σ creates.  With shortcuts in consecutive layers the closure remains
+    (odd σ; measured in docs/residual.md).
 
     Raises
     ------
     ParameterError
-        σ is not odd and γ ≠ 0 here or the three-point tensors Ω, Π, Φ of layer ℓ are non-zero:
-        the odd-correlator contributions to P..U are not derived.
+        σ is not odd and the map would need the odd correlators of shortcuts in consecutive layers
+        (layer ℓ has a shortcut and so has layer ℓ+1 or layer ℓ−1): not derived.
     """
     from .dntk_recursions import _Broadcast, _Expectations, _insert_last, _p_insert, dntk_step
 
     N = E.N
-    if not odd_tensors_vanish(net.activation):
-        odd_nonzero = any(getattr(s, n, None) is not None and np.any(getattr(s, n)) for n in ("Omega", "Pi", "Phi"))
-        if g != 0.0 or odd_nonzero:
-            raise ParameterError(
-                f"The dNTK statistics P, Q, R, S, T, U of a residual layer (layer {layer}) are not derived for "
-                f"activations that are not odd: activation {net.activation.name!r} with gamma = {g!r} makes the "
-                "three-point tensors Omega, Pi, Phi non-zero, and their contributions to P..U are not derived "
-                "(docs/residual.md). Use an odd activation (e.g. tanh), gamma = 0 in every layer, order='leading' "
-                "(infinite width), or GradientDescent(..., include_dntk=False) (the frozen-NTK part of the 1/n "
-                "correction only: P..U set to zero, a biased approximation)."
-            )
-    base = dntk_step(E, s, C, lw, F_next=None, undefined="nan")
+    lower_residual = getattr(s, "K_below", None) is not None
+    # layer ℓ = layer − 1 reads layer ℓ − 1 = layer − 2 (book numbering; gammas[k] is layer k + 1)
+    below_plain = lower_residual and layer is not None and (layer - 2 <= 1 or float(net.gammas[layer - 3]) == 0.0)
+    if not odd_tensors_vanish(net.activation) and lower_residual and (g != 0.0 or not below_plain):
+        which = f"layers {layer - 1} and {layer}" if g != 0.0 else f"layers {layer - 2} and {layer - 1}"
+        raise ParameterError(
+            f"The dNTK statistics P, Q, R, S, T, U of layer {layer} are not derived for activations that are not "
+            f"odd with shortcuts in consecutive layers ({which}): activation {net.activation.name!r} makes the "
+            "three-point correlators of a residual layer non-zero, and their propagation through a second shortcut "
+            "is not derived (docs/residual.md). Use an odd activation (e.g. tanh), shortcuts in non-adjacent "
+            "layers only, order='leading' (infinite width), or GradientDescent(..., include_dntk=False) (the "
+            "frozen-NTK part of the 1/n correction only: P..U set to zero, a biased approximation)."
+        )
     if g == 0.0:
+        base = dntk_step(E, s, C, lw, F_next=F_next, undefined="nan")
+        if lower_residual and below_plain:
+            h = net.effective_hyperparameters(layer - 1)
+            corr = _self_term_corrections(
+                net.activation, E, s, C, lw, float(net.gammas[layer - 2]), h["c_w"], h["lambda_w"]
+            )
+            base = {k: base[k] + corr.get(k, 0.0) for k in base}
         return base
+    base = dntk_step(E, s, C, lw, F_next=None, undefined="nan")
     zero = np.zeros((N,) * 4)
     B, F, P, Q, R, S, T, U = (zero if getattr(s, f) is None else np.asarray(getattr(s, f)) for f in ("B", "F", "P", "Q", "R", "S", "T", "U"))
     r = s.width / s.fan_in
@@ -673,6 +704,223 @@ def residual_dntk_step(net, E: LayerExpectations, s: Statistics, C: float, lw: f
 
     extra = {"P": (P_x, P), "Q": (Q_x, Q), "R": (R_x, R), "S": (S_x, S), "T": (T_x, T), "U": (U_x, U)}
     return {k: base[k] + g2 * x + g4r * old for k, (x, old) in extra.items()}
+
+
+#: Derivative orders (x_a, x_b, z_c, z_d) of the joint expectations :func:`_self_term_corrections` uses.
+_JOINT_ORDERS = (
+    (1, 1, 1, 1), (1, 1, 2, 0), (1, 1, 3, 1), (1, 1, 2, 2), (2, 0, 1, 1), (3, 1, 1, 1), (2, 2, 1, 1),
+    (1, 0, 1, 0), (1, 0, 2, 1), (2, 1, 1, 0), (2, 1, 2, 1),
+)
+
+
+def _joint_quads(act, Kx, Kr, gam, orders_list, E) -> dict:
+    """E_J[σ^(o1)(x_a) σ^(o2)(x_b) σ^(o3)(z_c) σ^(o4)(z_d)] for all a, b, c, d, per pattern (N,)*4.
+
+    (x, z) = (z^(ℓ−1), z^(ℓ)) of one neuron: jointly Gaussian with covariances K^(ℓ−1), K^(ℓ) and
+    Cov(x, z) = γK^(ℓ−1).  Only the N⁴ mixed blocks are integrated, all patterns on one grid per block
+    (:func:`pdlt.gaussian.quadrature_many`); their error estimates are recorded in ``E`` (so they reach
+    ``Statistics.quadrature_error``).  Activations with distributional derivatives (kinks) go through the
+    dNTK engine's kink limits instead (NaN where undefined).
+    """
+    from pdlt.gaussian import quadrature_many
+
+    from .dntk_recursions import _Expectations
+
+    N = Kx.shape[0]
+    Kaug = np.block([[Kx, gam * Kx], [gam * Kx, Kr]])
+    if max(max(o) for o in orders_list) > act.max_derivative or act.kinks:
+        EJ = _Expectations(LayerExpectations(act, Kaug, E.rule))
+        return {o: EJ.quad(o)[:N, :N, N:, N:] for o in orders_list}
+    # blocks a <= b, c <= d only; the patterns with either pair of slots swapped give the other entries
+    pairs = np.array([(a, b) for a in range(N) for b in range(a, N)])
+    ii, jj = np.meshgrid(np.arange(len(pairs)), np.arange(len(pairs)), indexing="ij")
+    idx = np.concatenate([pairs[ii.ravel()], pairs[jj.ravel()] + N], axis=1)  # (M, 4) into Kaug
+    blocks = Kaug[idx[:, :, None], idx[:, None, :]]
+
+    def variants(o):
+        return [(o[0], o[1], o[2], o[3]), (o[1], o[0], o[2], o[3]), (o[0], o[1], o[3], o[2]), (o[1], o[0], o[3], o[2])]
+
+    pats = list(dict.fromkeys(v for o in orders_list for v in variants(tuple(o))))
+    vals, _ = quadrature_many(act, pats, blocks, rule=E.rule, estimate_error=False)
+    probe = np.unique(np.linspace(0, len(blocks) - 1, min(len(blocks), 24)).astype(int))
+    pv, pe = quadrature_many(act, pats, blocks[probe], rule=E.rule)
+    E._record(pv.ravel(), pe.ravel())
+    if not np.all(np.isfinite(vals)):
+        raise NumericalError(
+            f"The joint Gaussian expectations of activation {act.name!r} over (z^(ℓ−1), z^(ℓ)) of a residual layer "
+            "are not finite (overflow): use an activation that grows more slowly or smaller variances."
+        )
+    a, b, c, d = idx[:, 0], idx[:, 1], idx[:, 2] - N, idx[:, 3] - N
+    out = {}
+    for o in orders_list:
+        v0, v1, v2, v3 = (vals[pats.index(v)] for v in variants(tuple(o)))
+        T = np.empty((N,) * 4)
+        T[b, a, d, c] = v3
+        T[a, b, d, c] = v2
+        T[b, a, c, d] = v1
+        T[a, b, c, d] = v0
+        out[tuple(o)] = T
+    return out
+
+
+def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, gam: float, Cr: float, lr: float) -> dict:
+    """Exact-minus-closure of the "self" correlators a plain layer ℓ+1 consumes from a residual layer ℓ.
+
+    Parameters
+    ----------
+    act : Activation
+    E : LayerExpectations
+        Over K^(ℓ) = ``s.K`` (the consumer's own expectations).
+    s : ResidualStatistics
+        Layer ℓ (shortcut γ over a plain layer ℓ−1), with ``K_below`` = K^(ℓ−1), ``Theta_below`` = Θ^(ℓ−1).
+    C, lw : float
+        Effective C_W, λ_W of the plain layer ℓ+1.
+    gam, Cr, lr : float
+        γ^(ℓ) and the effective C_W, λ_W of layer ℓ.
+
+    Returns
+    -------
+    dict
+        Additive corrections to ``P, Q, R, S, T, U`` of :func:`pdlt_plugins.dntk_recursions.dntk_step`
+        (storage order of that module).
+
+    Notes
+    -----
+    Write z_k = y_k + γ x_k (x = z^(ℓ−1), y the branch of layer ℓ).  For neurons j ≠ k of layer ℓ, the
+    two-neuron correlators the dNTK map needs (E[Ĥ_jkĤ_jk f g], E[Ĥ_jk f g], E[dĤ_jkk f g], E[dĤ_jjk f g],
+    E[ddĤ^I_jjkk f g], E[ddĤ^II_jjkk f g] with f = f(z_j), g = g(z_k)) have, besides the factorising
+    MLP-like part, a part of the same order 1/n in which neuron j's branch reads x_k through W_jk
+    (twice, or once and once through y_j inside f) while neuron k reads x_k through its shortcut.
+    That part is (C_r or λ_r)/n × Θ^(ℓ−1) factors × E_J[F(x_k) g(z_k)] × (⟨f⟩ or ⟨∂f⟩), where E_J is
+    the Gaussian expectation over the joint law of (x_k, z_k) (covariances K^(ℓ−1), K^(ℓ) and
+    Cov(x, z) = γK^(ℓ−1)).  The closure (the tensors B, F, P, Q, R, S of layer ℓ) keeps only its
+    lowest Hermite component in g (zeroth or first); here the full expectation replaces it.  This
+    also supplies the odd parts a non-odd σ creates (e.g. E[dĤ_jjk] = γΘ_02⟨τ_01⟩/n ≠ 0).
+    Derivation and checks: docs/residual.md ("Plain layer above a shortcut").
+    """
+    from .dntk_recursions import _Expectations
+
+    N = E.N
+    r = s.width / s.fan_in
+    Kx, Thx = np.asarray(s.K_below), np.asarray(s.Theta_below)
+    Kr, Thr = np.asarray(s.K), np.asarray(s.Theta)
+    rule = E.rule
+    Ex = _Expectations(LayerExpectations(act, Kx, rule))
+    Er = _Expectations(E)
+    J = _joint_quads(act, Kx, Kr, gam, _JOINT_ORDERS, E)
+
+    # consumer-side expectations over K^(ℓ)
+    S11r, S20r, S31r, S22r = Er.pair(1, 1), Er.pair(2, 0), Er.pair(3, 1), Er.pair(2, 2)
+    u10r, w10r = Er.first(1, 0)
+    u21r, w21r = Er.first(2, 1)
+    Tu, Tw = lw * u10r + C * Thr * u21r, lw * w10r + C * Thr * w21r  # ⟨∂_e τ_ab⟩ (consumer τ)
+    dtau_r = lw * S20r + C * Thr * S31r
+    ddq_r = lw * S11r + C * Thr * S22r
+    # layer-(ℓ−1) expectations of the closure's self terms (layer ℓ's own λ_r, C_r)
+    S11x, S20x = Ex.pair(1, 1), Ex.pair(2, 0)
+    u10x, w10x = Ex.first(1, 0)
+    u21x, w21x = Ex.first(2, 1)
+    Tux, Twx = lr * u10x + Cr * Thx * u21x, lr * w10x + Cr * Thx * w21x
+    tz = Tux[:, :, None] * Kx[:, None, :] + Twx[:, :, None] * Kx[None, :, :]  # ⟨τ^(ℓ)_ab x_e⟩ [a, b, e]
+    dtau_x = lr * S20x + Cr * Thx * Ex.pair(3, 1)
+    ddq_x = lr * S11x + Cr * Thx * Ex.pair(2, 2)
+    Z1f = u10x[:, :, None] * Kx[:, None, :] + w10x[:, :, None] * Kx[None, :, :]  # ⟨σ'_p σ_q x_s⟩ [p, q, s]
+
+    J1111, J1120, J1131, J1122 = J[1, 1, 1, 1], J[1, 1, 2, 0], J[1, 1, 3, 1], J[1, 1, 2, 2]
+    J2011, J3111, J2211 = J[2, 0, 1, 1], J[3, 1, 1, 1], J[2, 2, 1, 1]
+    J1010, J1021, J2110, J2121 = J[1, 0, 1, 0], J[1, 0, 2, 1], J[2, 1, 1, 0], J[2, 1, 2, 1]
+    ein = np.einsum
+    g2 = gam * gam
+    out = {}
+
+    # ---- P (slots 0, 1, 2, 3): B-type and P-type self parts
+    ThTh = Thx[:, :, None] * Thx[:, None, :]  # Θx_01 Θx_02 as [0, 1, 2]
+    dB = S20r[:, None, None, :] * (ein("aacd->acd", J1111)[:, :, :, None] - S11x.diagonal()[:, None, None, None] * S11r[None, :, :, None])
+    dB = dB + (ein("bcad->abcd", J1120) - S11x[None, :, :, None] * S20r[:, None, None, :]) * S11r[None, :, :, None]
+    D = J2011 - S20x[:, :, None, None] * S11r[None, None, :, :]  # [a, e, c, d]
+    dP = ein("aacd->acd", D)[:, :, :, None] * u10r[:, None, None, :] + ein("adbc->abcd", D) * w10r[:, None, None, :]
+    out["P"] = r * C**2 * g2 * Cr * ThTh[:, :, :, None] * (dB + dP)
+
+    # ---- Q (slots 0, 1, 2, 3): Q-type (γ¹ and γ² together) and F-type self parts
+    EJtau = lr * J1010 + Cr * Thx[:, :, None, None] * J2110  # E_J[τ^(ℓ)_01(x) σ'(z_2)σ(z_3)]
+    clo = gam * (tz[:, :, :, None] * u10r[None, None] + tz[:, :, None, :] * w10r[None, None])
+    dQ = S11r[:, :, None, None] * gam * Thx[:, None, :, None] * (EJtau - clo)
+    # F-type: E[Ĥ_jk;02 σ''σ'(z_j;0,1) σ'σ(z_k;2,3)]
+    G, H = J1010, J1021
+    exact = (
+        u21r[:, :, None, None] * ein("aacd->acd", G)[:, None, :, :]
+        + w21r[:, :, None, None] * G
+        + u10r[None, None, :, :] * ein("ccab->abc", H)[:, :, :, None]
+        + w10r[None, None, :, :] * ein("cdab->abcd", H)
+    )
+    Z1g = ein("rsq->qrs", Z1f)  # ⟨x_q σ'_r σ_s⟩ [q, r, s]
+    W = Z1f[:, :, None, :] + Z1g[None, :, :, :]  # [p, q, r, s]: Z1f[p,q,s] + Z1g[q,r,s]
+    # explicit sum over q ∈ {0, 1}, s ∈ {2, 3}: W[0, q, 2, s]⟨∂_q f_01⟩⟨∂_s g_23⟩
+    W0q2s = {  # W[p=0, q, r=2, s] for the four (q, s) choices, as [0, 1, 2, 3] arrays
+        ("0", "2"): ein("aacc->ac", W)[:, None, :, None],
+        ("0", "3"): ein("aacd->acd", W)[:, None, :, :],
+        ("1", "2"): ein("abcc->abc", W)[:, :, :, None],
+        ("1", "3"): W,
+    }
+    dq = {"0": u21r[:, :, None, None], "1": w21r[:, :, None, None]}
+    ds = {"2": u10r[None, None], "3": w10r[None, None]}
+    closure = gam * sum(W0q2s[q, t] * dq[q] * ds[t] for q in "01" for t in "23")
+    dF = gam * Cr * Thx[:, None, :, None] * (exact - closure)
+    out["Q"] = r * C**2 * (dQ + Thr[:, :, None, None] * dF)
+
+    # ---- R (slots 0, 1, 2, 3): B-type, P-type and R-type self parts
+    ThTh3 = Thx[:, None, :, None] * Thx[:, None, None, :]  # Θx_02 Θx_03
+    Ef = lw * J1120 + C * Thr[None, None] * J1131  # E_J[σ'(x_a)σ'(x_b) ∂_(0)τ_cd(z)] [a, b, c, d]
+    dBR = dtau_r[:, :, None, None] * (ein("aacd->acd", J1111)[:, None, :, :] - S11x.diagonal()[:, None, None, None] * S11r[None, None])
+    dBR = dBR + (ein("cdab->abcd", Ef) - S11x[None, None] * dtau_r[:, :, None, None]) * S11r[None, None]
+    dPR = ein("aacd->acd", D)[:, None, :, :] * Tu[:, :, None, None] + D * Tw[:, :, None, None]
+    EJdt = lr * J2011 + Cr * Thx[:, :, None, None] * J3111
+    dRR = C * S11r[:, :, None, None] * (EJdt - dtau_x[:, :, None, None] * S11r[None, None])
+    out["R"] = r * C * g2 * ThTh3 * (Cr * (dBR + dPR) + dRR)
+
+    # ---- S (slots 1, 2, 3, 4): B-type and S-type self parts
+    ThS = Thx[:, None, :, None] * Thx[None, :, None, :]  # Θx_13 Θx_24
+    Eq = lw * J1111 + C * Thr[None, None] * J1122  # E_J[σ'(x_a)σ'(x_b) ∂∂q_cd(z)]
+    dBS = ddq_r[:, :, None, None] * (J1111 - S11x[:, :, None, None] * S11r[None, None])
+    dBS = dBS + (ein("cdab->abcd", Eq) - S11x[None, None] * ddq_r[:, :, None, None]) * S11r[None, None]
+    EJq = lr * J1111 + Cr * Thx[:, :, None, None] * J2211
+    dSS = C * S11r[:, :, None, None] * (EJq - ddq_x[:, :, None, None] * S11r[None, None])
+    out["S"] = r * C * g2 * ThS * (Cr * dBS + dSS)
+
+    # ---- T (slots 1, 2, 3, 4; stored as (1, 3, 4, 2)): Q-type and F-type self parts
+    EJ2 = lr * lw * J1010 + lr * C * Thr[None, None] * J1021 + Cr * Thx[:, :, None, None] * (lw * J2110 + C * Thr[None, None] * J2121)
+    # Q1[1,2,3,4] = S11r_24 γ Θx_12 [E_J[τ^(ℓ)_24(x) τ_13(z)] − γ(tz_241 Tu_13 + tz_243 Tw_13)]
+    e2 = ein("bdac->abcd", EJ2)  # EJ2[2,4,1,3] as [1, 2, 3, 4]
+    cl2 = gam * (ein("bda->abd", tz)[:, :, None, :] * Tu[:, None, :, None] + ein("bdc->bcd", tz)[None] * Tw[:, None, :, None])
+    Q1 = S11r[None, :, None, :] * gam * Thx[:, :, None, None] * (e2 - cl2)
+    Q2 = ein("badc->abcd", Q1)
+    M = lw * J1010 + C * Thr[None, None] * J1021  # E_J[σ'(x_a)σ(x_b) τ_cd(z)]
+    exT = (
+        Tu[:, None, :, None] * ein("aabd->abd", M)[:, :, None, :]
+        + Tw[:, None, :, None] * ein("acbd->abcd", M)
+        + Tu[None, :, None, :] * ein("bbac->abc", M)[:, :, :, None]
+        + Tw[None, :, None, :] * ein("bdac->abcd", M)
+    )
+    # closure: γ Σ_{q∈{1,3}, s∈{2,4}} W[1, q, 2, s] ⟨∂_q τ_13⟩⟨∂_s τ_24⟩
+    Wq = {
+        ("1", "2"): ein("aabb->ab", W)[:, :, None, None],
+        ("1", "4"): ein("aabd->abd", W)[:, :, None, :],
+        ("3", "2"): ein("acbb->abc", W)[:, :, :, None],
+        ("3", "4"): ein("acbd->abcd", W),
+    }
+    dq = {"1": Tu[:, None, :, None], "3": Tw[:, None, :, None]}
+    ds = {"2": Tu[None, :, None, :], "4": Tw[None, :, None, :]}
+    clT = gam * sum(Wq[q, t] * dq[q] * ds[t] for q in "13" for t in "24")
+    dFT = gam * Cr * Thx[:, :, None, None] * (exT - clT)
+    out["T"] = ein("abcd->acdb", r * C * (Q1 + Q2) + r * dFT)
+
+    # ---- U (slots 1, 2, 3, 4; stored as (1, 4, 2, 3)): the products Ĥ_jk;13 dĤ_kjj;214 and
+    # dĤ_jkk;123 Ĥ_kj;24 of the layer map (they vanish when layer ℓ is plain) through the self parts
+    # εγσ'(x_j;3)Θx_13 · εγ²σ''(x_j;2)Θx_12Θx_24 (ε = W_kj) and its image (1↔2, 3↔4)
+    Th3 = Thx[:, :, None, None] * Thx[:, None, :, None] * Thx[None, :, None, :]  # Θx_12 Θx_13 Θx_24
+    dU = S11r[None, :, :, None] * ein("bcad->abcd", J2121) + S11r[:, None, None, :] * ein("adbc->abcd", J2121)
+    out["U"] = ein("abcd->adbc", r * C**2 * gam**3 * Cr * Th3 * dU)
+    return out
 
 
 def _one_neuron_ntk_three_point(Pi: np.ndarray, Phi: np.ndarray) -> np.ndarray:

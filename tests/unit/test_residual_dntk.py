@@ -193,14 +193,46 @@ def test_residual_dntk_single_layer_shortcut_terms_by_hand(res_flow):
         assert abs(got - g * g * v) <= 1e-6 * (1 + abs(v)), k  # Gaussian-engine quadrature ~1e-8
 
 
-def test_residual_dntk_refused_for_non_odd_activation():
+def test_residual_dntk_non_odd_activation_needs_non_adjacent_shortcuts():
+    """Non-odd σ: P..U are derived when no two adjacent layers carry shortcuts (refused otherwise)."""
     from pdlt.errors import ParameterError
     import pdlt
 
-    net = ResidualMLP(input_dim=2, hidden_widths=(8, 8), output_dim=2, activation=pdlt.activation("gelu"), gamma=0.5)
-    with pytest.raises(ParameterError, match="not derived for activations that are not odd"):
+    gelu = pdlt.activation("gelu")
+    net = ResidualMLP(input_dim=2, hidden_widths=(8, 8, 8), output_dim=2, activation=gelu, gamma=0.5)
+    with pytest.raises(ParameterError, match="consecutive layers"):
         pdlt.flow(net, X2, order="dntk")
     pdlt.flow(net.evolve(gamma=0.0), X2, order="dntk")  # plain layers: the MLP recursions apply
+    # shortcuts at layers 2 and 4 (each over a plain layer, each followed by a plain one or the output)
+    iso = ResidualMLP(input_dim=2, hidden_widths=(8, 8, 8), output_dim=8, activation=gelu, gamma=(0.0, 0.5, 0.0, 0.4))
+    s = pdlt.flow(iso, X2, order="dntk")[-1]
+    for name in ("P", "Q", "R", "S", "T", "U"):
+        assert np.all(np.isfinite(getattr(s, name)))
+
+
+def test_self_term_corrections_vanish_with_the_shortcut():
+    """_self_term_corrections: zero at γ = 0 and continuous there.  Their small-γ order: γ² for odd σ
+    (the closure keeps the zeroth and first Hermite parts, which is all there is at O(γ)); γ for a
+    non-odd σ (the zeroth-order Q/F-type parts γ⟨τ⟩⟨g⟩, e.g. E[dĤ_jjk] = γΘ⟨τ⟩/n, that the closure lacks)."""
+    import pdlt
+    from pdlt.contractions import LayerExpectations
+    from pdlt_plugins.residual import _self_term_corrections
+
+    for name in ("tanh", "gelu"):
+        act = pdlt.activation(name)
+        net = ResidualMLP(input_dim=2, hidden_widths=(8, 8), output_dim=2, activation=act, gamma=(0.0, 0.5, 0.0))
+        s2 = pdlt.flow(net, X2, order="full")[1]
+        E = LayerExpectations(act, s2.K)
+        zero = _self_term_corrections(act, E, s2, 1.1, 0.7, 0.0, 1.2, 0.9)
+        for k, v in zero.items():
+            np.testing.assert_allclose(v, 0.0, atol=1e-12, err_msg=k)
+        small = _self_term_corrections(act, E, s2, 1.1, 0.7, 1e-3, 1.2, 0.9)
+        big = _self_term_corrections(act, E, s2, 1.1, 0.7, 0.5, 1.2, 0.9)
+        power = 2 if name == "tanh" else 1
+        for k in small:
+            assert np.abs(small[k]).max() <= 10 * (1e-3 / 0.5) ** power * np.abs(big[k]).max() + 1e-12, (name, k)
+        if name == "gelu":  # the linear term is there
+            assert np.abs(small["Q"]).max() > 0.1 * (1e-3 / 0.5) * np.abs(big["Q"]).max()
 
 
 def test_solve_gradient_descent_residual_tanh_to_order_one_over_n():
@@ -210,3 +242,20 @@ def test_solve_gradient_descent_residual_tanh_to_order_one_over_n():
     X = np.array([[0.5, -1.0], [1.2, 0.3], [-0.4, 0.8], [0.9, 0.9]])
     d = pdlt.solve(net, pdlt.GradientDescent(learning_rate=0.1), X[:2], np.array([[0.3], [-0.2]]), X[2:])
     assert d.mean_correction is not None and np.all(np.isfinite(d.mean_correction))
+
+
+def test_joint_quads_match_the_expectation_engine_on_the_joint_covariance():
+    """_joint_quads (mixed blocks only, symmetric fill) equals LayerExpectations on the 2N×2N joint covariance."""
+    import pdlt
+    from pdlt.contractions import LayerExpectations
+    from pdlt_plugins.residual import _JOINT_ORDERS, _joint_quads
+
+    act = pdlt.activation("gelu")
+    Kx = np.array([[1.3, 0.4, -0.2], [0.4, 0.9, 0.3], [-0.2, 0.3, 1.1]])
+    Kr = 0.36 * Kx + np.array([[0.8, 0.3, 0.1], [0.3, 0.7, 0.2], [0.1, 0.2, 0.9]])
+    E = LayerExpectations(act, Kr)
+    J = _joint_quads(act, Kx, Kr, 0.6, _JOINT_ORDERS, E)
+    ref = LayerExpectations(act, np.block([[Kx, 0.6 * Kx], [0.6 * Kx, Kr]]))
+    for o in _JOINT_ORDERS:
+        np.testing.assert_allclose(J[o], ref.quad(o)[:3, :3, 3:, 3:], rtol=1e-7, atol=1e-9, err_msg=str(o))
+    assert 0.0 < E.max_error < 1e-3  # the probes' error estimates were recorded (coarse vs fine, conservative)
