@@ -93,7 +93,8 @@ class ResidualStatistics(Statistics):
     #: Appended to the learning algorithms' "statistics missing" errors (pdlt_plugins.learning).
     unavailable_note = (
         "For residual networks with an activation that is not odd, the dNTK/ddNTK statistics P, Q, R, S, T, U are "
-        "derived only when no two adjacent layers carry shortcuts (docs/residual.md); otherwise gradient descent "
+        "derived only when no two adjacent layers carry shortcuts, except the output layer and the one below it "
+        "(docs/residual.md); otherwise gradient descent "
         "and the Newton step are available at infinite width (order='leading'), and Bayesian inference needs only "
         "K, V, G1 (and the output's third cumulant Omega) and works to O(1/n). "
     )
@@ -625,17 +626,17 @@ def residual_dntk_step(
     K^(ℓ), slot derivatives as in theory/dntk.md).  Two-neuron correlators of layer ℓ are closed
     as in the MLP (E[Ĥ_jmĤ_jm f(z_j)g(z_m)] = B⟨f⟩⟨g⟩/n, …): exact when layer ℓ is plain, for any σ
     (every correlator the map needs is then even in each neuron of layer ℓ).  When layer ℓ has a
-    shortcut over a plain layer ℓ−1 and layer ℓ+1 is plain, the "self" parts of those correlators
-    (neuron j's branch reading neuron k of layer ℓ−1, whose shortcut feeds z_k) are replaced by their
-    exact joint expectations (:func:`_self_term_corrections`): exact at O(1/n) for any σ, including
-    the odd parts a non-odd σ creates.  With shortcuts in consecutive layers the closure remains
-    (odd σ; measured in docs/residual.md).
+    shortcut over a plain layer ℓ−1, the "self" parts of those correlators (neuron j's branch reading
+    neuron k of layer ℓ−1, whose shortcut feeds z_k) are replaced by their exact joint expectations
+    (:func:`_self_term_corrections`, for the MLP part and, when layer ℓ+1 has a shortcut too, its mixed
+    terms): exact at O(1/n) for any σ, including the odd parts a non-odd σ creates.  When layers ℓ−1
+    and ℓ both have shortcuts the closure remains (odd σ; measured in docs/residual.md).
 
     Raises
     ------
     ParameterError
-        σ is not odd and the map would need the odd correlators of shortcuts in consecutive layers
-        (layer ℓ has a shortcut and so has layer ℓ+1 or layer ℓ−1): not derived.
+        σ is not odd and layers ℓ−1 and ℓ both carry shortcuts: the odd correlators of layer ℓ−1
+        propagate through the shortcut of layer ℓ (not derived).
     """
     from .dntk_recursions import _Broadcast, _Expectations, _insert_last, _p_insert, dntk_step
 
@@ -643,26 +644,30 @@ def residual_dntk_step(
     lower_residual = getattr(s, "K_below", None) is not None
     # layer ℓ = layer − 1 reads layer ℓ − 1 = layer − 2 (book numbering; gammas[k] is layer k + 1)
     below_plain = lower_residual and layer is not None and (layer - 2 <= 1 or float(net.gammas[layer - 3]) == 0.0)
-    if not odd_tensors_vanish(net.activation) and lower_residual and (g != 0.0 or not below_plain):
-        which = f"layers {layer - 1} and {layer}" if g != 0.0 else f"layers {layer - 2} and {layer - 1}"
+    if not odd_tensors_vanish(net.activation) and lower_residual and not below_plain:
+        which = f"layers {layer - 2} and {layer - 1}"
         raise ParameterError(
             f"The dNTK statistics P, Q, R, S, T, U of layer {layer} are not derived for activations that are not "
-            f"odd with shortcuts in consecutive layers ({which}): activation {net.activation.name!r} makes the "
-            "three-point correlators of a residual layer non-zero, and their propagation through a second shortcut "
-            "is not derived (docs/residual.md). Use an odd activation (e.g. tanh), shortcuts in non-adjacent "
-            "layers only, order='leading' (infinite width), or GradientDescent(..., include_dntk=False) (the "
-            "frozen-NTK part of the 1/n correction only: P..U set to zero, a biased approximation)."
+            f"odd with shortcuts in consecutive layers ({which}) below it: activation {net.activation.name!r} makes "
+            "the odd (three-point) correlators of a residual layer non-zero, and their propagation through the "
+            "shortcut of the next layer is not derived (docs/residual.md). Use an odd activation (e.g. tanh), "
+            "shortcuts in non-adjacent layers (two adjacent ones only when the upper one is the output layer), "
+            "order='leading' (infinite width), or "
+            "GradientDescent(..., include_dntk=False) (the frozen-NTK part of the 1/n correction only: P..U set to "
+            "zero, a biased approximation)."
+        )
+    corr = None
+    if lower_residual and below_plain:
+        h = net.effective_hyperparameters(layer - 1)
+        corr = _self_term_corrections(
+            net.activation, E, s, C, lw, float(net.gammas[layer - 2]), h["c_w"], h["lambda_w"], g_next=g
         )
     if g == 0.0:
-        base = dntk_step(E, s, C, lw, F_next=F_next, undefined="nan")
-        if lower_residual and below_plain:
-            h = net.effective_hyperparameters(layer - 1)
-            corr = _self_term_corrections(
-                net.activation, E, s, C, lw, float(net.gammas[layer - 2]), h["c_w"], h["lambda_w"]
-            )
-            base = {k: base[k] + corr.get(k, 0.0) for k in base}
-        return base
+        base = dntk_step(E, s, C, lw, F_next=F_next if corr is None else None, undefined="nan")
+        return base if corr is None else {k: base[k] + corr[k] for k in base}
     base = dntk_step(E, s, C, lw, F_next=None, undefined="nan")
+    if corr is not None:
+        base = {k: base[k] + corr[k] for k in base}
     zero = np.zeros((N,) * 4)
     B, F, P, Q, R, S, T, U = (zero if getattr(s, f) is None else np.asarray(getattr(s, f)) for f in ("B", "F", "P", "Q", "R", "S", "T", "U"))
     r = s.width / s.fan_in
@@ -763,7 +768,7 @@ def _joint_quads(act, Kx, Kr, gam, orders_list, E) -> dict:
     return out
 
 
-def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, gam: float, Cr: float, lr: float) -> dict:
+def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, gam: float, Cr: float, lr: float, g_next: float = 0.0) -> dict:
     """Exact-minus-closure of the "self" correlators a plain layer ℓ+1 consumes from a residual layer ℓ.
 
     Parameters
@@ -774,9 +779,13 @@ def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, ga
     s : ResidualStatistics
         Layer ℓ (shortcut γ over a plain layer ℓ−1), with ``K_below`` = K^(ℓ−1), ``Theta_below`` = Θ^(ℓ−1).
     C, lw : float
-        Effective C_W, λ_W of the plain layer ℓ+1.
+        Effective C_W, λ_W of layer ℓ+1 (of its branch when it has a shortcut).
     gam, Cr, lr : float
         γ^(ℓ) and the effective C_W, λ_W of layer ℓ.
+    g_next : float
+        γ^(ℓ+1).  When non-zero, layer ℓ+1 is itself residual: its MLP part gets the same corrections
+        and its mixed (one neuron through the shortcut, the other through the branch) terms, which
+        consume the same correlators with f or g equal to 1 or to z, get theirs (× γ^(ℓ+1)²).
 
     Returns
     -------
@@ -866,7 +875,18 @@ def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, ga
     ds = {"2": u10r[None, None], "3": w10r[None, None]}
     closure = gam * sum(W0q2s[q, t] * dq[q] * ds[t] for q in "01" for t in "23")
     dF = gam * Cr * Thx[:, None, :, None] * (exact - closure)
-    out["Q"] = r * C**2 * (dQ + Thr[:, :, None, None] * dF)
+    # (λ_W/C_W)F' in Q: F'_0123 = C²[Θ_02⟨σ'σσ'σ⟩ + r ΣF⟨∂(σ'_0σ_1)⟩⟨∂(σ'_2σ_3)⟩] consumes the F-type
+    # correlator with f = σ'σ(z_j; 0, 1), g = σ'σ(z_k; 2, 3)
+    exF = (
+        u10r[:, :, None, None] * ein("aacd->acd", G)[:, None, :, :]
+        + w10r[:, :, None, None] * G
+        + u10r[None, None, :, :] * ein("ccab->abc", G)[:, :, :, None]
+        + w10r[None, None, :, :] * ein("cdab->abcd", G)
+    )
+    dqF = {"0": u10r[:, :, None, None], "1": w10r[:, :, None, None]}
+    clF = gam * sum(W0q2s[q, t] * dqF[q] * ds[t] for q in "01" for t in "23")
+    dFp = gam * Cr * Thx[:, None, :, None] * (exF - clF)
+    out["Q"] = r * C**2 * (dQ + Thr[:, :, None, None] * dF) + r * lw * C * dFp
 
     # ---- R (slots 0, 1, 2, 3): B-type, P-type and R-type self parts
     ThTh3 = Thx[:, None, :, None] * Thx[:, None, None, :]  # Θx_02 Θx_03
@@ -920,6 +940,28 @@ def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, ga
     Th3 = Thx[:, :, None, None] * Thx[:, None, :, None] * Thx[None, :, None, :]  # Θx_12 Θx_13 Θx_24
     dU = S11r[None, :, :, None] * ein("bcad->abcd", J2121) + S11r[:, None, None, :] * ein("adbc->abcd", J2121)
     out["U"] = ein("abcd->adbc", r * C**2 * gam**3 * Cr * Th3 * dU)
+    if g_next == 0.0:
+        return out
+
+    # ---- mixed terms of a residual layer ℓ+1 (× γ^(ℓ+1)²; docs/residual.md)
+    gn2 = g_next * g_next
+    Bm = ein("bcad->abcd", J1120) - S11x[None, :, :, None] * S20r[:, None, None, :]  # B-type, g = 1 (mirror part)
+    mP = r * C * Cr * g2 * ThTh[:, :, :, None] * (Bm + ein("adbc->abcd", D))  # + P-type with f = z_3
+    zt = gam * (ein("cda->acd", Z1f)[:, None, :, :] * Tu[:, :, None, None] + ein("cdb->bcd", Z1f)[None] * Tw[:, :, None, None])
+    mQ = r * gam * Thx[:, None, :, None] * (Cr * (ein("cdab->abcd", M) - zt) + C * (EJtau - clo))
+    mR = r * g2 * ThTh3 * (
+        Cr * (ein("cdab->abcd", Ef) - S11x[None, None] * dtau_r[:, :, None, None])
+        + C * (EJdt - dtau_x[:, :, None, None] * S11r[None, None])
+    )
+    mS = r * g2 * ThS * (
+        Cr * (ein("cdab->abcd", Eq) - S11x[None, None] * ddq_r[:, :, None, None])
+        + C * (EJq - ddq_x[:, :, None, None] * S11r[None, None])
+    )
+    Qm1 = gam * Thx[:, :, None, None] * (e2 - cl2)
+    mT = ein("abcd->acdb", r * (Qm1 + ein("badc->abcd", Qm1)))
+    mU = ein("abcd->adbc", r * C * gam**3 * Cr * Th3 * (ein("bcad->abcd", J2121) + ein("adbc->abcd", J2121)))
+    for k, v in (("P", mP), ("Q", mQ), ("R", mR), ("S", mS), ("T", mT), ("U", mU)):
+        out[k] = out[k] + gn2 * v
     return out
 
 

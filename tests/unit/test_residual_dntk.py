@@ -194,7 +194,7 @@ def test_residual_dntk_single_layer_shortcut_terms_by_hand(res_flow):
 
 
 def test_residual_dntk_non_odd_activation_needs_non_adjacent_shortcuts():
-    """Non-odd σ: P..U are derived when no two adjacent layers carry shortcuts (refused otherwise)."""
+    """Non-odd σ: P..U are derived unless a layer sits on two adjacent shortcut layers (refused then)."""
     from pdlt.errors import ParameterError
     import pdlt
 
@@ -208,6 +208,10 @@ def test_residual_dntk_non_odd_activation_needs_non_adjacent_shortcuts():
     s = pdlt.flow(iso, X2, order="dntk")[-1]
     for name in ("P", "Q", "R", "S", "T", "U"):
         assert np.all(np.isfinite(getattr(s, name)))
+    # two adjacent shortcuts ending at the output layer (the lower one over a plain layer)
+    top = ResidualMLP(input_dim=2, hidden_widths=(8, 8), output_dim=8, activation=gelu, gamma=(0.0, 0.5, 0.4))
+    s = pdlt.flow(top, X2, order="dntk")[-1]
+    assert all(np.all(np.isfinite(getattr(s, name))) for name in ("P", "Q", "R", "S", "T", "U"))
 
 
 def test_self_term_corrections_vanish_with_the_shortcut():
@@ -259,3 +263,28 @@ def test_joint_quads_match_the_expectation_engine_on_the_joint_covariance():
     for o in _JOINT_ORDERS:
         np.testing.assert_allclose(J[o], ref.quad(o)[:3, :3, 3:, 3:], rtol=1e-7, atol=1e-9, err_msg=str(o))
     assert 0.0 < E.max_error < 1e-3  # the probes' error estimates were recorded (coarse vs fine, conservative)
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu"])
+def test_self_term_f_type_reproduces_the_exact_tower(name):
+    """Independent exact check of the self-term machinery: F of a plain layer above a shortcut from the
+    Hermite tower (exact at O(1/n)) equals the MLP formula applied to the residual layer's F plus the
+    F-type self-term correction (which _self_term_corrections folds into Q as (λ_W/C_W)ΔF')."""
+    import pdlt
+    from pdlt.contractions import LayerExpectations
+    from pdlt_plugins.dntk_recursions import _Expectations, _f_next
+    from pdlt_plugins.residual import _self_term_corrections
+
+    act = pdlt.activation(name)
+    net = ResidualMLP(input_dim=2, hidden_widths=(32, 32), output_dim=2, activation=act, c_w=1.2, c_b=0.1,
+                      lambda_b=0.8, lambda_w=1.1, xi=0.9, gamma=(0.0, 0.6, 0.0), tower="exact")
+    fl = pdlt.flow(net, X2, order="full")
+    s2, h2, h3 = fl[1], net.effective_hyperparameters(2), net.effective_hyperparameters(3)
+    E = LayerExpectations(act, s2.K)
+    F_mlp = _f_next(_Expectations(E), s2, np.asarray(s2.F), h3["c_w"])
+    with_lw = _self_term_corrections(act, E, s2, h3["c_w"], 1.0, 0.6, h2["c_w"], h2["lambda_w"])
+    without = _self_term_corrections(act, E, s2, h3["c_w"], 0.0, 0.6, h2["c_w"], h2["lambda_w"])
+    dF = (with_lw["Q"] - without["Q"]) * h3["c_w"]  # ΔQ = (λ_W/C_W) ΔF' with λ_W = 1
+    F_tower = np.asarray(fl[2].F)
+    assert np.abs(F_tower - F_mlp).max() > 0.01 * np.abs(F_tower).max()  # the self terms matter (tanh 1.4 %, GELU 11 %)
+    np.testing.assert_allclose(F_mlp + dF, F_tower, atol=1e-5 * np.abs(F_tower).max())
