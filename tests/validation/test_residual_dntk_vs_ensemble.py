@@ -151,20 +151,27 @@ def residual_gd():
     to zero; ``plain``: the γ = 0 network at its own criticality) and the control-variate ensembles
     ``runs`` {n: TrainedEnsemble} at n = 16, 32, 64.  About 3–4 CPU-minutes.
     """
+    eta, th, no_dntk, runs = _gd_theory_and_runs(_gd_net, _GD_RUNS, seed0=7)
+    plain = pdlt.solve(_gd_net(32, gamma=0.0), pdlt.GradientDescent(learning_rate=eta), _GD_XA, _GD_Y, _GD_XB)
+    return dict(eta=eta, th=th, no_dntk=no_dntk, plain=plain, runs=runs)
+
+
+def _gd_theory_and_runs(make_net, sizes, seed0):
+    """η = 0.5/λ_max(Θ̃), ``pdlt.solve`` at n = 32 with and without P..U, and control-variate trained
+    ensembles {n: TrainedEnsemble} of ``make_net(n)`` for the (n, size) pairs ``sizes``."""
     from pdlt.training import train_ensemble
 
-    s = pdlt.flow(_gd_net(16), np.vstack([_GD_XA, _GD_XB]), order="leading")[-1]
+    s = pdlt.flow(make_net(16), np.vstack([_GD_XA, _GD_XB]), order="leading")[-1]
     eta = 0.5 / np.linalg.eigvalsh(np.asarray(s.Theta)[:2, :2])[-1]
-    th = pdlt.solve(_gd_net(32), pdlt.GradientDescent(learning_rate=eta), _GD_XA, _GD_Y, _GD_XB)
-    no_dntk = pdlt.solve(_gd_net(32), pdlt.GradientDescent(learning_rate=eta, include_dntk=False), _GD_XA, _GD_Y, _GD_XB)
-    plain = pdlt.solve(_gd_net(32, gamma=0.0), pdlt.GradientDescent(learning_rate=eta), _GD_XA, _GD_Y, _GD_XB)
+    th = pdlt.solve(make_net(32), pdlt.GradientDescent(learning_rate=eta), _GD_XA, _GD_Y, _GD_XB)
+    no_dntk = pdlt.solve(make_net(32), pdlt.GradientDescent(learning_rate=eta, include_dntk=False), _GD_XA, _GD_Y, _GD_XB)
     runs = {}
-    for n, size in _GD_RUNS:
-        r = train_ensemble(_gd_net(n), _GD_XA, _GD_Y, _GD_XB, learning_rate=eta, size=size, seed=7 + n,
+    for n, size in sizes:
+        r = train_ensemble(make_net(n), _GD_XA, _GD_Y, _GD_XB, learning_rate=eta, size=size, seed=seed0 + n,
                            control_variate=True, tol=1e-10)
-        assert r.max_residual < 1e-10
+        assert r.max_residual < 1e-9
         runs[n] = r
-    return dict(eta=eta, th=th, no_dntk=no_dntk, plain=plain, runs=runs)
+    return eta, th, no_dntk, runs
 
 
 @pytest.mark.slow
@@ -173,9 +180,9 @@ def test_residual_gd_trained_mean_to_order_one_over_n(residual_gd):
 
     n·(E[z_T] − m^∞) at n = 16, 32, 64 (control variate: mean − control = E[z_T] − m^∞ exactly),
     fitted as a + b/n; a is compared with fan_in × ``mean_correction`` of ``pdlt.solve`` (4 inputs:
-    the closure flow).  Measured: |z| ≤ 2.1 (a = −0.0030(29), −0.0235(29), 0.0718(114), −0.0372(89)
-    vs −0.0002, −0.0176, 0.0751, −0.0383); the prediction with P..U set to zero is excluded at 7.8σ
-    and 9.7σ.  About 4 CPU-minutes (7.5 min wall on a busy 2-core machine; shared with the covariance test).
+    exact self-term P..U).  Measured: |z| ≤ 2.1 (a = −0.0030(29), −0.0235(29), 0.0718(114), −0.0372(89)
+    vs 0.0004, −0.0176, 0.0862, −0.0489); the prediction with P..U set to zero is excluded at 7.8σ
+    and 9.8σ.  About 4 CPU-minutes (7.5 min wall on a busy 2-core machine; shared with the covariance test).
     """
     th, no_dntk, runs = residual_gd["th"], residual_gd["no_dntk"], residual_gd["runs"]
     ns = tuple(runs)
@@ -199,9 +206,9 @@ def test_residual_gd_trained_covariance_to_order_one_over_n(residual_gd):
     fan_in × ``covariance_correction``, |z| ≤ 4 per entry.  The totals are compared (not
     ``covariance_minus_control``): the control's exact covariance P G Pᵀ contains G1 at depth 3.
     Power: the prediction with P..U set to zero and the γ = 0 network's prediction are excluded.
-    Measured: max |z| = 2.13 (Σz² = 14.3; e.g. a = 0.0022(4), 0.0023(3) vs 0.0024, 0.0016 for the
-    variances at x = 0.2; −0.0052(36), −0.0037(35) vs −0.0077, −0.0099 at x = 1.8); a = 0 excluded at
-    6.8σ; without P..U excluded at 46σ, γ = 0 at 10.6σ (docs/residual.md).
+    Measured: max |z| = 3.41 (Σz² = 32.7; e.g. a = 0.0022(4), 0.0023(3) vs 0.0024, 0.0015 for the
+    variances at x = 0.2; −0.0052(36), −0.0037(35) vs −0.0119, −0.0133 at x = 1.8; with the earlier closure
+    P..U max |z| 2.1); a = 0 excluded at 6.8σ; without P..U excluded at 46σ, γ = 0 at 10.6σ (docs/residual.md).
     """
     th, no_dntk, plain, runs = (residual_gd[k] for k in ("th", "no_dntk", "plain", "runs"))
     ns = tuple(runs)
@@ -221,3 +228,46 @@ def test_residual_gd_trained_covariance_to_order_one_over_n(residual_gd):
     assert np.all(np.abs(z) <= K_SIGMA), z
     assert np.abs(z0).max() > K_SIGMA  # power: the dNTK/ddNTK contribution is resolved
     assert np.abs(zp).max() > K_SIGMA  # power: the shortcut's effect is resolved
+
+
+_GELU_RUNS = ((16, 80_000), (32, 40_000), (64, 20_000))
+
+
+@pytest.mark.slow
+def test_residual_gelu_gd_trained_mean_and_covariance_to_order_one_over_n():
+    """O(1/n) GD of real residual GELU networks (non-odd σ): shortcut at layer 2 (over the plain layer 1),
+    plain output layer, depth 3, 1-D inputs, 2 training + 2 test points, two outputs — the configuration
+    of the tanh tests above with GELU at its criticality.
+
+    n·(E[z_T] − m^∞) (control variate) and n·(Cov z_T − Σ^∞) at n = 16, 32, 64, a + b/n, against
+    fan-in × ``mean_correction`` / ``covariance_correction`` of ``pdlt.solve`` (P..U with the exact self
+    terms, docs/residual.md); |z| ≤ 4 per entry, P..U = 0 excluded.  Measured with twice these ensembles:
+    mean a = 0.304(14), −0.098(14), −0.524(17), 0.367(15) vs 0.300, −0.091, −0.500, 0.347 (|z| ≤ 1.5;
+    without P..U 16–23σ); covariance max |z| 2.4 over 10 entries (Σz² 31; without P..U 17σ).  About
+    12 CPU-minutes (GELU networks converge slowly).
+    """
+    from pdlt_plugins.activations import GELU
+
+    def gnet(n):
+        return ResidualMLP(input_dim=1, hidden_widths=[n] * 2, output_dim=2, activation=GELU(), gamma=0.6, xi=0.9,
+                           c_b=0.05).at_criticality()
+
+    _, th, no, runs = _gd_theory_and_runs(gnet, _GELU_RUNS, seed0=31)
+    ns = tuple(runs)
+    a, sa = _fit(ns, np.array([n * runs[n].mean_minus_control.mean.ravel() for n in ns]),
+                 np.array([n * runs[n].mean_minus_control.stderr.ravel() for n in ns]))
+    z = (a - 32 * th.mean_correction.ravel()) / sa
+    z0 = (a - 32 * no.mean_correction.ravel()) / sa
+    print(f"\nGELU residual GD mean: a = {np.round(a, 4)} ± {np.round(sa, 4)}, theory "
+          f"{np.round(32 * th.mean_correction.ravel(), 4)}, z = {np.round(z, 2)}; without P..U z = {np.round(z0, 1)}")
+    assert np.all(np.abs(z) <= K_SIGMA), z
+    assert np.abs(z0).max() > K_SIGMA
+    iu = np.triu_indices(4)
+    sig = th.covariance_infinite.reshape(4, 4)
+    a, sa = _fit(ns, np.array([n * (runs[n].covariance.mean.reshape(4, 4) - sig)[iu] for n in ns]),
+                 np.array([n * runs[n].covariance.stderr.reshape(4, 4)[iu] for n in ns]))
+    zc = (a - 32 * th.covariance_correction.reshape(4, 4)[iu]) / sa
+    zc0 = (a - 32 * no.covariance_correction.reshape(4, 4)[iu]) / sa
+    print(f"GELU residual GD covariance: z = {np.round(zc, 2)} (Σz² {np.sum(zc**2):.1f}); without P..U max |z| {np.abs(zc0).max():.1f}")
+    assert np.all(np.abs(zc) <= K_SIGMA), zc
+    assert np.abs(zc0).max() > K_SIGMA
