@@ -86,17 +86,18 @@ class ResidualStatistics(Statistics):
         K^(ℓ−1) and Θ^(ℓ−1) of the layer the shortcut reads (set when γ^(ℓ) ≠ 0, else None): the
         dNTK map of the next layer needs the joint law of (z^(ℓ−1)_k, z^(ℓ)_k) of one neuron
         (:func:`_self_term_corrections`).
+    Xi : ndarray (N, N, N) or None
+        Ξ_{012} = n_{ℓ−1} E[dĤ_{(i,0)(i,1)(k,2)}], i ≠ k: the odd dNTK mean (order="dntk", residual layers,
+        σ not odd; else None).
 
-    Ω, Π, Φ vanish for odd σ and for plain (γ = 0) layers.
+    Ω, Π, Φ, Ξ vanish for odd σ and for plain (γ = 0) layers.
     """
 
     #: Appended to the learning algorithms' "statistics missing" errors (pdlt_plugins.learning).
     unavailable_note = (
-        "For residual networks with an activation that is not odd, the dNTK/ddNTK statistics P, Q, R, S, T, U are "
-        "derived only when no two adjacent layers carry shortcuts, except the output layer and the one below it "
-        "(docs/residual.md); otherwise gradient descent "
-        "and the Newton step are available at infinite width (order='leading'), and Bayesian inference needs only "
-        "K, V, G1 (and the output's third cumulant Omega) and works to O(1/n). "
+        "For residual networks the dNTK/ddNTK statistics P, Q, R, S, T, U come from pdlt.flow(net, X, order='dntk') "
+        "(docs/residual.md); without them gradient descent and the Newton step are available at infinite width "
+        "(order='leading'), and Bayesian inference needs only K, V, G1 (and the output's third cumulant Omega). "
     )
 
     Omega: np.ndarray | None = attrs.field(**_arr)
@@ -104,13 +105,14 @@ class ResidualStatistics(Statistics):
     Phi: np.ndarray | None = attrs.field(**_arr)
     K_below: np.ndarray | None = attrs.field(**_arr)
     Theta_below: np.ndarray | None = attrs.field(**_arr)
+    Xi: np.ndarray | None = attrs.field(**_arr)
 
     def restrict(self, idx):
         out = super().restrict(idx)
         idx = np.asarray(idx, dtype=int)
         changes = {
             n: getattr(self, n)[np.ix_(*[idx] * getattr(self, n).ndim)]
-            for n in ("Omega", "Pi", "Phi", "K_below", "Theta_below")
+            for n in ("Omega", "Pi", "Phi", "K_below", "Theta_below", "Xi")
             if getattr(self, n) is not None
         }
         return attrs.evolve(out, **changes)
@@ -630,34 +632,23 @@ def residual_dntk_step(
     neuron k of layer ℓ−1, whose shortcut feeds z_k) are replaced by their exact joint expectations
     (:func:`_self_term_corrections`, for the MLP part and, when layer ℓ+1 has a shortcut too, its mixed
     terms): exact at O(1/n) for any σ, including the odd parts a non-odd σ creates.  When layers ℓ−1
-    and ℓ both have shortcuts the closure remains (odd σ; measured in docs/residual.md).
-
-    Raises
-    ------
-    ParameterError
-        σ is not odd and layers ℓ−1 and ℓ both carry shortcuts: the odd correlators of layer ℓ−1
-        propagate through the shortcut of layer ℓ (not derived).
+    and ℓ both have shortcuts the same corrections are applied (the joint law of (z^(ℓ−1), z^(ℓ)) is still
+    Gaussian at leading order) together with the odd zeroth-order couplings inherited from below (Φ and
+    the odd dNTK mean Ξ, tracked here for non-odd σ); what is then left out is the non-Gaussian part of
+    the lower shortcut's own coupling (second generation): measured ≈ 1 % at three adjacent shortcut
+    layers, up to 3 % at four (docs/residual.md).
     """
     from .dntk_recursions import _Broadcast, _Expectations, _insert_last, _p_insert, dntk_step
 
     N = E.N
     lower_residual = getattr(s, "K_below", None) is not None
-    # layer ℓ = layer − 1 reads layer ℓ − 1 = layer − 2 (book numbering; gammas[k] is layer k + 1)
-    below_plain = lower_residual and layer is not None and (layer - 2 <= 1 or float(net.gammas[layer - 3]) == 0.0)
-    if not odd_tensors_vanish(net.activation) and lower_residual and not below_plain:
-        which = f"layers {layer - 2} and {layer - 1}"
-        raise ParameterError(
-            f"The dNTK statistics P, Q, R, S, T, U of layer {layer} are not derived for activations that are not "
-            f"odd with shortcuts in consecutive layers ({which}) below it: activation {net.activation.name!r} makes "
-            "the odd (three-point) correlators of a residual layer non-zero, and their propagation through the "
-            "shortcut of the next layer is not derived (docs/residual.md). Use an odd activation (e.g. tanh), "
-            "shortcuts in non-adjacent layers (two adjacent ones only when the upper one is the output layer), "
-            "order='leading' (infinite width), or "
-            "GradientDescent(..., include_dntk=False) (the frozen-NTK part of the 1/n correction only: P..U set to "
-            "zero, a biased approximation)."
-        )
     corr = None
-    if lower_residual and below_plain:
+    if lower_residual:
+        if layer is None:
+            raise ParameterError(
+                "The 'layer' parameter of residual_dntk_step must be given (ℓ+1) when layer ℓ has a shortcut: its "
+                "self-term corrections need the hyperparameters of layer ℓ. Got None instead."
+            )
         h = net.effective_hyperparameters(layer - 1)
         corr = _self_term_corrections(
             net.activation, E, s, C, lw, float(net.gammas[layer - 2]), h["c_w"], h["lambda_w"], g_next=g
@@ -708,7 +699,16 @@ def residual_dntk_step(
     T_x = np.einsum("abcd->acdb", r * (Q_term1 + Q_term2) + r * C * (pr(S11, "1", "3") + pr(S11, "2", "4")) * T1234)
 
     extra = {"P": (P_x, P), "Q": (Q_x, Q), "R": (R_x, R), "S": (S_x, S), "T": (T_x, T), "U": (U_x, U)}
-    return {k: base[k] + g2 * x + g4r * old for k, (x, old) in extra.items()}
+    out = {k: base[k] + g2 * x + g4r * old for k, (x, old) in extra.items()}
+    if not odd_tensors_vanish(net.activation):
+        # Ξ' = n E[dĤ'_jjk] (docs/residual.md): self γΘ_02⟨τ_01⟩ + γ³ r Ξ + γ r[Σ_q Φ_0q2⟨∂_qτ_01⟩ + C⟨σ'_0σ'_1⟩Ξ]
+        Phi = _get(s, "Phi", N)
+        Xi = _get(s, "Xi", N)
+        tau_m = lw * Ex.pair(1, 0) + C * Th * Ex.pair(2, 1)
+        out["Xi"] = g * Th[:, None, :] * tau_m[:, :, None] + g**3 * r * Xi + g * r * (
+            np.einsum("aac->ac", Phi)[:, None, :] * Tu[:, :, None] + Phi * Tw[:, :, None] + C * S11[:, :, None] * Xi
+        )
+    return out
 
 
 #: Derivative orders (x_a, x_b, z_c, z_d) of the joint expectations :func:`_self_term_corrections` uses.
@@ -940,6 +940,33 @@ def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, ga
     Th3 = Thx[:, :, None, None] * Thx[:, None, :, None] * Thx[None, :, None, :]  # Θx_12 Θx_13 Θx_24
     dU = S11r[None, :, :, None] * ein("bcad->abcd", J2121) + S11r[:, None, None, :] * ein("adbc->abcd", J2121)
     out["U"] = ein("abcd->adbc", r * C**2 * gam**3 * Cr * Th3 * dU)
+
+    # ---- odd couplings inherited from below layer ℓ (non-odd σ, shortcut layers ℓ−1 and ℓ): the zeroth-order
+    # F-type (Φ) and Q-type (Ξ) couplings minus their self parts (those are in the E_J terms above); the
+    # closure tensors F, Q carry only first-order couplings
+    Phi, Xi = getattr(s, "Phi", None), getattr(s, "Xi", None)
+    odd = Phi is not None and Xi is not None and (np.any(Phi) or np.any(Xi))
+    if odd:
+        S10x, S21x, S10r, S21r = Ex.pair(1, 0), Ex.pair(2, 1), Er.pair(1, 0), Er.pair(2, 1)
+        Phi_in = np.asarray(Phi) - gam * Cr * Thx[:, None, :] * S10x[:, :, None]  # Φ minus its self part γCΘ⟨σ'σ⟩
+        Xi_in = np.asarray(Xi) - gam * Thx[:, None, :] * (lr * S10x + Cr * Thx * S21x)[:, :, None]  # minus γΘ_02⟨τ_01⟩
+        tau_m = lw * S10r + C * Thr * S21r  # ⟨τ_ab⟩ of the consumer
+        Phi_002, Phi_220, Phi_230 = ein("aac->ac", Phi_in)[:, None, :, None], ein("cca->ac", Phi_in)[:, None, :, None], ein("cda->acd", Phi_in)[:, None, :, :]
+        Phi_012 = Phi_in[:, :, :, None]
+
+        def f_type(uf, wf, mf, ug, wg, mg):  # E[Ĥ_jk;02 f_01 g_23] zeroth-order parts, [0, 1, 2, 3]
+            return (Phi_002 * uf[:, :, None, None] + Phi_012 * wf[:, :, None, None]) * mg[None, None] + mf[:, :, None, None] * (
+                Phi_220 * ug[None, None] + Phi_230 * wg[None, None]
+            )
+
+        out["Q"] = out["Q"] + r * C**2 * (
+            S11r[:, :, None, None] * Xi_in[:, :, :, None] * S10r[None, None] + Thr[:, :, None, None] * f_type(u21r, w21r, S21r, u10r, w10r, S10r)
+        ) + r * lw * C * f_type(u10r, w10r, S10r, u10r, w10r, S10r)
+        XiT = ein("bda->abd", Xi_in)[:, :, None, :]  # Ξ_241 as [1, 2, ·, 4]
+        qT = C * S11r[None, :, None, :] * XiT * tau_m[:, None, :, None]
+        fT = (ein("aab->ab", Phi_in)[:, :, None, None] * Tu[:, None, :, None] + ein("acb->abc", Phi_in)[:, :, :, None] * Tw[:, None, :, None]) * tau_m[None, :, None, :]
+        fT = fT + tau_m[:, None, :, None] * (ein("bba->ab", Phi_in)[:, :, None, None] * Tu[None, :, None, :] + ein("bda->abd", Phi_in)[:, :, None, :] * Tw[None, :, None, :])
+        out["T"] = out["T"] + ein("abcd->acdb", r * (qT + ein("badc->abcd", qT) + fT))
     if g_next == 0.0:
         return out
 
@@ -960,6 +987,10 @@ def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, ga
     Qm1 = gam * Thx[:, :, None, None] * (e2 - cl2)
     mT = ein("abcd->acdb", r * (Qm1 + ein("badc->abcd", Qm1)))
     mU = ein("abcd->adbc", r * C * gam**3 * Cr * Th3 * (ein("bcad->abcd", J2121) + ein("adbc->abcd", J2121)))
+    if odd:  # mixed terms: F-type with g = z (mirror, zeroth in f) and Q-type with f = 1 (zeroth in g)
+        mQ = mQ + r * (tau_m[:, :, None, None] * Phi_230 + C * Xi_in[:, :, :, None] * S10r[None, None])
+        mq = XiT * tau_m[:, None, :, None]
+        mT = mT + ein("abcd->acdb", r * (mq + ein("badc->abcd", mq)))
     for k, v in (("P", mP), ("Q", mQ), ("R", mR), ("S", mS), ("T", mT), ("U", mU)):
         out[k] = out[k] + gn2 * v
     return out

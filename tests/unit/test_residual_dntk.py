@@ -193,25 +193,20 @@ def test_residual_dntk_single_layer_shortcut_terms_by_hand(res_flow):
         assert abs(got - g * g * v) <= 1e-6 * (1 + abs(v)), k  # Gaussian-engine quadrature ~1e-8
 
 
-def test_residual_dntk_non_odd_activation_needs_non_adjacent_shortcuts():
-    """Non-odd σ: P..U are derived unless a layer sits on two adjacent shortcut layers (refused then)."""
-    from pdlt.errors import ParameterError
+def test_residual_dntk_for_non_odd_activations():
+    """Non-odd σ: P..U for isolated shortcuts, two adjacent ones, a run of three, and a plain layer above a run."""
     import pdlt
 
     gelu = pdlt.activation("gelu")
-    net = ResidualMLP(input_dim=2, hidden_widths=(8, 8, 8), output_dim=2, activation=gelu, gamma=0.5)
-    with pytest.raises(ParameterError, match="consecutive layers"):
-        pdlt.flow(net, X2, order="dntk")
-    pdlt.flow(net.evolve(gamma=0.0), X2, order="dntk")  # plain layers: the MLP recursions apply
-    # shortcuts at layers 2 and 4 (each over a plain layer, each followed by a plain one or the output)
-    iso = ResidualMLP(input_dim=2, hidden_widths=(8, 8, 8), output_dim=8, activation=gelu, gamma=(0.0, 0.5, 0.0, 0.4))
-    s = pdlt.flow(iso, X2, order="dntk")[-1]
-    for name in ("P", "Q", "R", "S", "T", "U"):
-        assert np.all(np.isfinite(getattr(s, name)))
-    # two adjacent shortcuts ending at the output layer (the lower one over a plain layer)
-    top = ResidualMLP(input_dim=2, hidden_widths=(8, 8), output_dim=8, activation=gelu, gamma=(0.0, 0.5, 0.4))
-    s = pdlt.flow(top, X2, order="dntk")[-1]
-    assert all(np.all(np.isfinite(getattr(s, name))) for name in ("P", "Q", "R", "S", "T", "U"))
+    for gamma in ((0.0, 0.5, 0.0, 0.4), (0.0, 0.5, 0.4, 0.0), (0.0, 0.5, 0.4, 0.3)):
+        net = ResidualMLP(input_dim=2, hidden_widths=(8, 8, 8), output_dim=8, activation=gelu, gamma=gamma)
+        fl = pdlt.flow(net, X2, order="dntk")
+        for name in ("P", "Q", "R", "S", "T", "U"):
+            assert np.all(np.isfinite(getattr(fl[-1], name))), (gamma, name)
+        for ell, g in enumerate(gamma):  # the odd dNTK mean Ξ on residual layers only
+            assert (fl[ell].Xi is not None) == (g != 0.0)
+    tanh = pdlt.flow(ResidualMLP(input_dim=2, hidden_widths=(8, 8), output_dim=8, activation=pdlt.activation("tanh"), gamma=0.5), X2, order="dntk")
+    assert all(s.Xi is None for s in tanh)  # odd σ: Ξ = 0, not stored
 
 
 def test_self_term_corrections_vanish_with_the_shortcut():
