@@ -323,7 +323,12 @@ def _wants_tower(net: "ResidualMLP", X: np.ndarray) -> bool:
     h = net.effective_hyperparameters(1)
     K1 = h["c_b"] + h["c_w"] * (X @ X.T) / net.widths[0]
     ev = np.linalg.eigvalsh(K1)
-    return bool(ev[0] > 1e-8 * max(ev[-1], 1e-300))
+    if ev[0] > 1e-8 * max(ev[-1], 1e-300):
+        return True
+    # rank-deficient K^(1) (e.g. one-dimensional inputs with C_b = 0): the tower takes any square root of
+    # K^(1) (first_layer still falls back to the closure if a deeper kernel stays singular, e.g. coinciding
+    # inputs, or proportional ones with a scale-invariant σ); every input needs a variance > 0
+    return bool(np.all(np.diag(K1) > 1e-12 * max(ev[-1], 1e-300)))
 
 
 def _check_order(order: str) -> None:
@@ -350,7 +355,12 @@ def first_layer(net: ResidualMLP, X: np.ndarray, order: str) -> ResidualStatisti
         fields.update(first_layer_dntk(X.shape[0]))
     out = ResidualStatistics(layer=1, width=net.widths[1], fan_in=n0, **fields)
     if order != "leading" and net.depth > 1 and _wants_tower(net, X):
-        _attach_tower(out, input_tower(net, X, ntk=True))
+        try:
+            _attach_tower(out, input_tower(net, X, ntk=True))
+        except ParameterError:
+            if net.tower == "exact":
+                raise
+            # "auto" with a rank-deficient K^(1) whose deeper kernels stay singular: the closure
     return out
 
 
@@ -1730,6 +1740,12 @@ def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool
         try:
             ev = np.linalg.eigvalsh(Kmat)
             if ev[0] <= 1e-12 * max(ev[-1], 1e-300):  # numerically singular: Cholesky may still "succeed"
+                if ell == 1 and np.all(np.diag(Kmat) > 1e-12 * max(ev[-1], 1e-300)):
+                    # K^(1) of rank r < N (e.g. one-dimensional inputs with C_b = 0): any square root
+                    # z = L w works for the tower (projections, Z1, Z2 and Cov(w', w) = γ Ln⁻¹ L use L
+                    # only, never L⁻¹); the null directions of w carry nothing
+                    lam, V = np.linalg.eigh(Kmat)
+                    return V * np.sqrt(np.clip(lam, 0.0, None))
                 raise np.linalg.LinAlgError
             return np.linalg.cholesky(Kmat)
         except np.linalg.LinAlgError:
@@ -1771,7 +1787,7 @@ def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool
         Kn = g**2 * K + xi**2 * (Cb + Cw * mean_ss)
         Ln = chol(Kn, ell + 1)
         Lninv = np.linalg.inv(Ln)
-        Rt = (g * Lninv @ K @ np.linalg.inv(L).T) if g != 0.0 else np.zeros((N, N))  # Cov(w', w)
+        Rt = (g * Lninv @ L) if g != 0.0 else np.zeros((N, N))  # Cov(w', w) = γ Ln⁻¹ Cov(z, w) = γ Ln⁻¹ L
         Mt = basis.mehler(Rt)
         D2 = basis.second(Lninv)  # (N, N, nb, nb)
         h = 0.5 * xi**2
@@ -1797,7 +1813,9 @@ def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool
                 cE[:, ~low2] = 0.0
                 ntk_state.CE[:nb, :nb] = cE
                 ntk_state.truncate_to_closure(basis.deg, dn)
-            if not np.allclose(cE, cn, rtol=1e-8, atol=1e-10 * max(1.0, float(np.abs(cn).max()))):
+            # the two towers share the Gaussian engine but not its summation order: they agree to rounding of
+            # the quadrature (≲ 1e-8 relative; 8e-9 seen with a rank-one K^(1)); a wrong step is O(1) off
+            if not np.allclose(cE, cn, rtol=1e-7, atol=1e-10 * max(1.0, float(np.abs(cn).max()))):
                 raise NumericalError(f"input_tower: the NTK tower's kernel block disagrees with the kernel tower at layer {ell + 1} "
                                      f"(max difference {float(np.abs(cE - cn).max()):.3g}).")
         c, d, K = cn, dn, Kn
