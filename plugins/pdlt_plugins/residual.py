@@ -146,7 +146,9 @@ class ResidualMLP(Architecture):
         (depth 4: ≈ 0.05 s for N = 1, ≈ 0.5 s for N = 2–3, ≈ 3 s for N = 4; N = 5 needs ~1 GB).
         "closure": the closed recursions of :func:`next_layer` (fast for any N; 1–3 % off V, B, F
         and up to ~10 % off A, H1 beyond the first residual layer for γ ≈ 0.5–0.6).
-        "auto": "exact" when N ≤ 4, some γ ≠ 0 and K^(1) is non-singular, else "closure" (for γ = 0
+        "auto": "exact" when N ≤ 4, some γ ≠ 0 and every input has a variance > 0 (a rank-deficient
+        K^(1), e.g. one-dimensional inputs with C_b = 0, is fine; if a deeper kernel stays singular —
+        coinciding inputs — the closure is used), else "closure" (for γ = 0
         everywhere the closure is already exact).
 
     Notes
@@ -1663,7 +1665,8 @@ def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool
     ----------
     net : ResidualMLP
     X : array_like (N, n_0)
-        Inputs with a non-singular kernel K^(1).
+        Inputs whose kernel K^(1) has a positive diagonal (it may be rank-deficient: any square root of it
+        is used) and whose deeper kernels K^(ℓ ≥ 2) are non-singular.
     degree : int ≥ 4 or None
         Hermite truncation M; None: 40 for N = 1, 20 for N = 2, 12 for N = 3, 8 otherwise (with
         ``ntk=True``: 40, 16, 8, 6).  The neglected couplings fall like γ^M.
