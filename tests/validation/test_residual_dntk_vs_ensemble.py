@@ -250,10 +250,10 @@ def test_residual_gelu_gd_trained_mean_and_covariance_to_order_one_over_n():
 
     n·(E[z_T] − m^∞) (control variate) and n·(Cov z_T − Σ^∞) at n = 16, 32, 64, a + b/n, against
     fan-in × ``mean_correction`` / ``covariance_correction`` of ``pdlt.solve`` (P..U with the exact self
-    terms, docs/residual.md); |z| ≤ 4 per entry, P..U = 0 excluded.  Measured: mean a = 0.314(22),
-    −0.083(24), −0.542(21), 0.388(20) vs 0.306, −0.096, −0.506, 0.352 (|z| ≤ 1.8; without P..U 9–19σ);
-    covariance max |z| 1.1 over 10 entries (Σz² 3.1; without P..U 13σ).  About 20 CPU-minutes (GELU
-    networks converge slowly).
+    terms, docs/residual.md; the Hermite tower for the rank-one K^(1)); |z| ≤ 4 per entry, P..U = 0
+    excluded.  Measured: mean a = 0.314(22), −0.083(24), −0.542(21), 0.388(20) vs 0.310, −0.098, −0.513,
+    0.358 (|z| ≤ 1.5; without P..U 8.5–19σ); covariance max |z| 1.1 over 10 entries (Σz² 2.8; without P..U
+    14σ).  About 20 CPU-minutes (GELU networks converge slowly).
     """
     from pdlt_plugins.activations import GELU
 
