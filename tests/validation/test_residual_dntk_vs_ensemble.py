@@ -189,9 +189,10 @@ def test_residual_gd_trained_mean_to_order_one_over_n(residual_gd):
     n·(E[z_T] − m^∞) at n = 16, 32, 64 (control variate: mean − control = E[z_T] − m^∞ exactly),
     fitted as a + b/n; a is compared with fan_in × ``mean_correction`` of ``pdlt.solve`` (4 inputs:
     exact self-term P..U, the Hermite tower for the rank-one K^(1)).  Measured: a = −0.0030(29), −0.0235(29),
-    0.0718(114), −0.0372(89) vs −0.0052, −0.0135, 0.1046, −0.0635: |z| = 0.75, 3.47, 2.87, 2.95 — a tension
-    that is open (docs/residual.md: every input of the formula is checked directly; O(1/n²) bias of the fit
-    or a missing term); the prediction with P..U set to zero is excluded at 9.5σ and 11.2σ.  About 4 CPU-minutes (7.5 min wall on a busy 2-core machine; shared with the covariance test).
+    0.0718(114), −0.0372(89) vs −0.0052, −0.0135, 0.1046, −0.0635: |z| = 0.75, 3.47, 2.87, 2.95 — O(1/n²)
+    bias of this three-width fit: with n = 128 added (3·10⁴ networks) a + b/n + c/n² gives |z| ≤ 0.72 and
+    the n = 32/64/128 fit |z| ≤ 1.3 (docs/residual.md); the prediction with P..U set to zero is excluded
+    at 9.5σ and 11.2σ.  About 4 CPU-minutes (7.5 min wall on a busy 2-core machine; shared with the covariance test).
     """
     th, no_dntk, runs = residual_gd["th"], residual_gd["no_dntk"], residual_gd["runs"]
     ns = tuple(runs)
