@@ -866,38 +866,34 @@ def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, ga
     EJtau = lr * J1010 + Cr * Thx[:, :, None, None] * J2110  # E_J[τ^(ℓ)_01(x) σ'(z_2)σ(z_3)]
     clo = gam * (tz[:, :, :, None] * u10r[None, None] + tz[:, :, None, :] * w10r[None, None])
     dQ = S11r[:, :, None, None] * gam * Thx[:, None, :, None] * (EJtau - clo)
-    # F-type: E[Ĥ_jk;02 σ''σ'(z_j;0,1) σ'σ(z_k;2,3)]
-    G, H = J1010, J1021
-    exact = (
-        u21r[:, :, None, None] * ein("aacd->acd", G)[:, None, :, :]
-        + w21r[:, :, None, None] * G
-        + u10r[None, None, :, :] * ein("ccab->abc", H)[:, :, :, None]
-        + w10r[None, None, :, :] * ein("cdab->abcd", H)
-    )
     Z1g = ein("rsq->qrs", Z1f)  # ⟨x_q σ'_r σ_s⟩ [q, r, s]
     W = Z1f[:, :, None, :] + Z1g[None, :, :, :]  # [p, q, r, s]: Z1f[p,q,s] + Z1g[q,r,s]
-    # explicit sum over q ∈ {0, 1}, s ∈ {2, 3}: W[0, q, 2, s]⟨∂_q f_01⟩⟨∂_s g_23⟩
     W0q2s = {  # W[p=0, q, r=2, s] for the four (q, s) choices, as [0, 1, 2, 3] arrays
         ("0", "2"): ein("aacc->ac", W)[:, None, :, None],
         ("0", "3"): ein("aacd->acd", W)[:, None, :, :],
         ("1", "2"): ein("abcc->abc", W)[:, :, :, None],
         ("1", "3"): W,
     }
-    dq = {"0": u21r[:, :, None, None], "1": w21r[:, :, None, None]}
-    ds = {"2": u10r[None, None], "3": w10r[None, None]}
-    closure = gam * sum(W0q2s[q, t] * dq[q] * ds[t] for q in "01" for t in "23")
-    dF = gam * Cr * Thx[:, None, :, None] * (exact - closure)
+
+    def f_type_q(uwf, uwg, Jf, Jg):
+        """Exact − closure of E[Ĥ_jk;02 f(z_j;0,1) g(z_k;2,3)] (NTK slots 0, 2), [0, 1, 2, 3]: ⟨∂f⟩ = (uf, wf),
+        ⟨∂g⟩ = (ug, wg); Jf[a, b, c, d] = E_J[σ'(x_a)σ(x_b) g(z_c, z_d)], Jg likewise with f."""
+        (uf, wf), (ug, wg) = uwf, uwg
+        exact = (
+            uf[:, :, None, None] * ein("aacd->acd", Jf)[:, None, :, :]
+            + wf[:, :, None, None] * Jf
+            + ug[None, None, :, :] * ein("ccab->abc", Jg)[:, :, :, None]
+            + wg[None, None, :, :] * ein("cdab->abcd", Jg)
+        )
+        dq = {"0": uf[:, :, None, None], "1": wf[:, :, None, None]}
+        ds = {"2": ug[None, None], "3": wg[None, None]}
+        closure = gam * sum(W0q2s[q, t] * dq[q] * ds[t] for q in "01" for t in "23")  # W[0, q, 2, s]⟨∂_q f⟩⟨∂_s g⟩
+        return gam * Cr * Thx[:, None, :, None] * (exact - closure)
+
+    dF = f_type_q((u21r, w21r), (u10r, w10r), J1010, J1021)  # f = σ''σ', g = σ'σ
     # (λ_W/C_W)F' in Q: F'_0123 = C²[Θ_02⟨σ'σσ'σ⟩ + r ΣF⟨∂(σ'_0σ_1)⟩⟨∂(σ'_2σ_3)⟩] consumes the F-type
     # correlator with f = σ'σ(z_j; 0, 1), g = σ'σ(z_k; 2, 3)
-    exF = (
-        u10r[:, :, None, None] * ein("aacd->acd", G)[:, None, :, :]
-        + w10r[:, :, None, None] * G
-        + u10r[None, None, :, :] * ein("ccab->abc", G)[:, :, :, None]
-        + w10r[None, None, :, :] * ein("cdab->abcd", G)
-    )
-    dqF = {"0": u10r[:, :, None, None], "1": w10r[:, :, None, None]}
-    clF = gam * sum(W0q2s[q, t] * dqF[q] * ds[t] for q in "01" for t in "23")
-    dFp = gam * Cr * Thx[:, None, :, None] * (exF - clF)
+    dFp = f_type_q((u10r, w10r), (u10r, w10r), J1010, J1010)
     out["Q"] = r * C**2 * (dQ + Thr[:, :, None, None] * dF) + r * lw * C * dFp
 
     # ---- R (slots 0, 1, 2, 3): B-type, P-type and R-type self parts
@@ -924,7 +920,8 @@ def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, ga
     # Q1[1,2,3,4] = S11r_24 γ Θx_12 [E_J[τ^(ℓ)_24(x) τ_13(z)] − γ(tz_241 Tu_13 + tz_243 Tw_13)]
     e2 = ein("bdac->abcd", EJ2)  # EJ2[2,4,1,3] as [1, 2, 3, 4]
     cl2 = gam * (ein("bda->abd", tz)[:, :, None, :] * Tu[:, None, :, None] + ein("bdc->bcd", tz)[None] * Tw[:, None, :, None])
-    Q1 = S11r[None, :, None, :] * gam * Thx[:, :, None, None] * (e2 - cl2)
+    q1 = gam * Thx[:, :, None, None] * (e2 - cl2)  # the Q-type self part with f = 1 (× ⟨f⟩ = S11r_24 below)
+    Q1 = S11r[None, :, None, :] * q1
     Q2 = ein("badc->abcd", Q1)
     M = lw * J1010 + C * Thr[None, None] * J1021  # E_J[σ'(x_a)σ(x_b) τ_cd(z)]
     exT = (
@@ -950,7 +947,8 @@ def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, ga
     # dĤ_jkk;123 Ĥ_kj;24 of the layer map (they vanish when layer ℓ is plain) through the self parts
     # εγσ'(x_j;3)Θx_13 · εγ²σ''(x_j;2)Θx_12Θx_24 (ε = W_kj) and its image (1↔2, 3↔4)
     Th3 = Thx[:, :, None, None] * Thx[:, None, :, None] * Thx[None, :, None, :]  # Θx_12 Θx_13 Θx_24
-    dU = S11r[None, :, :, None] * ein("bcad->abcd", J2121) + S11r[:, None, None, :] * ein("adbc->abcd", J2121)
+    JU1, JU2 = ein("bcad->abcd", J2121), ein("adbc->abcd", J2121)  # E_J[σ''(x_2)σ'(x_3)σ''(z_1)σ'(z_4)] and image
+    dU = S11r[None, :, :, None] * JU1 + S11r[:, None, None, :] * JU2
     out["U"] = ein("abcd->adbc", r * C**2 * gam**3 * Cr * Th3 * dU)
 
     # ---- odd couplings inherited from below layer ℓ (non-odd σ, shortcut layers ℓ−1 and ℓ): the zeroth-order
@@ -996,9 +994,8 @@ def _self_term_corrections(act, E: LayerExpectations, s, C: float, lw: float, ga
         Cr * (ein("cdab->abcd", Eq) - S11x[None, None] * ddq_r[:, :, None, None])
         + C * (EJq - ddq_x[:, :, None, None] * S11r[None, None])
     )
-    Qm1 = gam * Thx[:, :, None, None] * (e2 - cl2)
-    mT = ein("abcd->acdb", r * (Qm1 + ein("badc->abcd", Qm1)))
-    mU = ein("abcd->adbc", r * C * gam**3 * Cr * Th3 * (ein("bcad->abcd", J2121) + ein("adbc->abcd", J2121)))
+    mT = ein("abcd->acdb", r * (q1 + ein("badc->abcd", q1)))
+    mU = ein("abcd->adbc", r * C * gam**3 * Cr * Th3 * (JU1 + JU2))
     if odd:  # mixed terms: F-type with g = z (mirror, zeroth in f) and Q-type with f = 1 (zeroth in g)
         mQ = mQ + r * (tau_m[:, :, None, None] * Phi_230 + C * Xi_in[:, :, :, None] * S10r[None, None])
         mq = XiT * tau_m[:, None, :, None]
