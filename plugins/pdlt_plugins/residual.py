@@ -51,7 +51,7 @@ from pdlt.information import hermite_projections
 
 __all__ = [
     "MultiTowerLayer", "ResidualMLP", "ResidualStatistics", "TowerLayer", "first_layer", "input_tower", "next_layer", "odd_tensors_vanish",
-    "residual_dntk_step", "single_input_tower",
+    "residual_dntk_step", "single_input_tower", "SubsetTowerLayer", "subset_tower",
 ]
 
 
@@ -309,10 +309,11 @@ def _tower_of(stats):
     return entry[1] if entry is not None and entry[0]() is stats else None
 
 
-#: ``tower="auto"`` uses the exact tower up to this many inputs: {smooth σ?: N}.  The projections are
-#: pairwise 2-D integrals (Gauss–Hermite for smooth σ, kink-aligned panels for kinked σ), so depth 4
-#: costs ≈ 0.5 s for N = 3 and ≈ 3 s for N = 4; N = 5 would need ~1 GB for the b tensor (N⁴nb²).
-AUTO_TOWER_INPUTS = {False: 4, True: 4}
+#: ``tower="auto"`` uses the exact tower up to this many inputs.  The projections are pairwise 2-D
+#: integrals (Gauss–Hermite for smooth σ, kink-aligned panels for kinked σ), so depth 4 costs ≈ 0.5 s for
+#: N = 3 and ≈ 2–3 s for N = 4; beyond four inputs the flow assembles the tensors from the C(N, 4)
+#: four-input towers (:func:`subset_tower`: 5 towers for N = 5, 15 for N = 6, 70 for N = 8).
+AUTO_TOWER_INPUTS = 6
 
 
 def _wants_tower(net: "ResidualMLP", X: np.ndarray) -> bool:
@@ -320,7 +321,7 @@ def _wants_tower(net: "ResidualMLP", X: np.ndarray) -> bool:
         return False
     if net.tower == "exact":
         return True
-    if X.shape[0] > AUTO_TOWER_INPUTS[bool(net.activation.kinks)] or not np.any(net.gammas != 0.0):
+    if X.shape[0] > AUTO_TOWER_INPUTS or not np.any(net.gammas != 0.0):
         return False
     h = net.effective_hyperparameters(1)
     K1 = h["c_b"] + h["c_w"] * (X @ X.T) / net.widths[0]
@@ -358,7 +359,7 @@ def first_layer(net: ResidualMLP, X: np.ndarray, order: str) -> ResidualStatisti
     out = ResidualStatistics(layer=1, width=net.widths[1], fan_in=n0, **fields)
     if order != "leading" and net.depth > 1 and _wants_tower(net, X):
         try:
-            _attach_tower(out, input_tower(net, X, ntk=True))
+            _attach_tower(out, subset_tower(net, X))
         except ParameterError:
             if net.tower == "exact":
                 raise
@@ -1820,4 +1821,114 @@ def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool
                                      f"(max difference {float(np.abs(cE - cn).max()):.3g}).")
         c, d, K = cn, dn, Kn
         out.append(stats(ell + 1, K, c, d))
+    return out
+
+
+#: The flow's tensors with at most four input indices, which is all of them (V, A, B, D, F: four; Ω, Π, Φ:
+#: three; G1, H1: two).
+_TOWER_TENSORS = ("G1", "V", "Omega", "Theta", "H1", "A", "B", "D", "F", "Pi", "Phi")
+
+
+@attrs.frozen(kw_only=True)
+class SubsetTowerLayer:
+    """Exact O(1/n) statistics of one layer for N > 4 inputs, assembled by :func:`subset_tower`.
+
+    Attributes
+    ----------
+    layer, fan_in : int
+    K, Theta, G1, H1 : ndarray (N, N)
+    V, A, B, D, F : ndarray (N, N, N, N)
+    Omega, Pi, Phi : ndarray (N, N, N)
+        As in :class:`MultiTowerLayer` (same conventions).
+    """
+
+    layer: int
+    fan_in: int
+    K: np.ndarray = attrs.field(eq=False)
+    Theta: np.ndarray = attrs.field(eq=False)
+    G1: np.ndarray = attrs.field(eq=False)
+    H1: np.ndarray = attrs.field(eq=False)
+    V: np.ndarray = attrs.field(eq=False)
+    A: np.ndarray = attrs.field(eq=False)
+    B: np.ndarray = attrs.field(eq=False)
+    D: np.ndarray = attrs.field(eq=False)
+    F: np.ndarray = attrs.field(eq=False)
+    Omega: np.ndarray = attrs.field(eq=False)
+    Pi: np.ndarray = attrs.field(eq=False)
+    Phi: np.ndarray = attrs.field(eq=False)
+
+
+def subset_tower(net: ResidualMLP, X, size: int = 4, **tower_options) -> list:
+    """Exact O(1/n) kernel and NTK statistics for any number of inputs from towers on input subsets.
+
+    Every tensor the flow tracks has at most four input indices, and the statistics of a network on a
+    subset of the inputs are the marginal of those on all of them (the network does not know which other
+    inputs it is evaluated on).  So a component whose indices take the values D ⊆ {1..N} (|D| ≤ 4) is the
+    same in the N-input tower and in the tower of any input subset S ⊇ D.  This runs
+    :func:`input_tower` (``ntk=True``) on every ``size``-subset of the inputs — C(N, size) towers, each
+    of the cost of an N = ``size`` tower — and takes each component from the first subset (in
+    lexicographic order) that contains its indices, so that components related by a symmetry of the
+    tensor come from the same tower and the symmetries hold exactly.
+
+    Parameters
+    ----------
+    net : ResidualMLP
+    X : array_like (N, n_0)
+        Inputs, as for :func:`input_tower`.
+    size : int, 4 (default) or more
+        Inputs per subset; 4 is the smallest that covers every component.  With N ≤ ``size`` this is
+        :func:`input_tower` itself.
+    **tower_options
+        Passed to :func:`input_tower` (``degree``, ``grid_panel``, ...).
+
+    Returns
+    -------
+    list of SubsetTowerLayer (or of MultiTowerLayer when N ≤ ``size``), layers 1..L.
+
+    Raises
+    ------
+    ParameterError
+        ``size`` < 4, or as :func:`input_tower` for any subset.
+
+    Notes
+    -----
+    Cost: C(N, 4) four-input towers (depth 4: ≈ 2–3 s each), e.g. 5 for N = 5, 70 for N = 8; memory that
+    of one four-input tower (the five-input tower needs ~1 GB and, at depth 4, ≈ 30 s instead of ≈ 9 s).
+    The result equals the N-input tower of the same degree to rounding (unit test: 1e-12), since the
+    space of polynomials of total degree ≤ M is invariant under the linear maps that restrict and
+    re-whiten the inputs; taking each index set from one subset keeps the tensors' symmetries to rounding.
+    """
+    if not isinstance(net, ResidualMLP):
+        raise ParameterError(f"The 'net' parameter of subset_tower must be a ResidualMLP. Got {net!r} instead.")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 4:
+        raise ParameterError(f"The 'size' parameter of subset_tower must be an integer >= 4. Got {size!r} instead.")
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    if X.ndim != 2 or X.shape[1] != net.input_dim or not np.all(np.isfinite(X)):
+        raise ParameterError(
+            f"The 'X' parameter of subset_tower must be finite inputs of shape (N, {net.input_dim}). Got shape {np.shape(X)} instead."
+        )
+    N = X.shape[0]
+    if N <= size:
+        return input_tower(net, X, ntk=True, **tower_options)
+    subsets = list(itertools.combinations(range(N), size))
+    L = net.depth
+    full = [{name: np.zeros((N,) * (2 if name in ("G1", "Theta", "H1") else 3 if name in ("Omega", "Pi", "Phi") else 4))
+             for name in _TOWER_TENSORS} for _ in range(L)]
+    # reverse lexicographic order: the last write to a component is by the first subset containing its indices
+    for S in reversed(subsets):
+        tw = input_tower(net, X[list(S)], ntk=True, **tower_options)
+        for layer, T in zip(full, tw):
+            for name, arr in layer.items():
+                arr[np.ix_(*[S] * arr.ndim)] = getattr(T, name)
+    h1 = net.effective_hyperparameters(1)
+    n0 = net.widths[0]
+    K = h1["c_b"] + h1["c_w"] * (X @ X.T) / n0
+    out = []
+    for ell in range(1, L + 1):
+        if ell > 1:
+            hp = net.effective_hyperparameters(ell)
+            K = hp["c_b"] + hp["c_w"] * LayerExpectations(net.activation, K).pair(0, 0) + hp["gamma"] ** 2 * K
+        out.append(SubsetTowerLayer(layer=ell, fan_in=net.widths[ell - 1], K=K, **full[ell - 1]))
     return out

@@ -438,8 +438,46 @@ def test_flow_uses_the_exact_tower_when_it_is_cheap():
     assert residual_module._wants_tower(_res("tanh", gamma=0.6).evolve(c_b=0.1), X3) is True
     assert residual_module._wants_tower(_res("relu", gamma=0.6).evolve(c_b=0.1), X3) is True
     wide = ResidualMLP(input_dim=5, hidden_widths=[6] * 3, output_dim=6, activation=_act("relu"), gamma=0.5, c_b=0.1)
-    X5 = np.random.default_rng(0).normal(size=(5, 5))
-    assert residual_module._wants_tower(wide, X5[:4]) is True and residual_module._wants_tower(wide, X5) is False
+    X7 = np.random.default_rng(0).normal(size=(7, 5))
+    assert residual_module._wants_tower(wide, X7[:4]) is True and residual_module._wants_tower(wide, X7[:6]) is True
+    assert residual_module._wants_tower(wide, X7) is False  # 35 four-input towers: the closure unless tower="exact"
+    assert residual_module._wants_tower(wide.evolve(tower="exact"), X7) is True
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_subset_tower_is_the_full_tower(act):
+    """Beyond four inputs the flow assembles every tensor (≤ 4 input indices) from the four-input towers:
+    equal to the five-input tower to rounding (the total-degree truncation is invariant under the linear maps
+    that restrict the inputs), the tensor symmetries hold, and the flow's tensors are the assembled ones."""
+    net = ResidualMLP(input_dim=2, hidden_widths=[6] * 2, output_dim=6, activation=_act(act), gamma=0.5, xi=0.9, c_b=0.05, c_w=1.2)
+    X5 = np.random.default_rng(3).normal(size=(5, 2))
+    sub = residual_module.subset_tower(net, X5, degree=4)
+    full = residual_module.input_tower(net, X5, ntk=True, degree=4)
+    for s, f in zip(sub[1:], full[1:]):
+        np.testing.assert_allclose(s.K, f.K, rtol=1e-13)
+        for name in ("V", "G1", "H1", "A", "B", "D", "F", "Omega", "Pi", "Phi", "Theta"):
+            a, b = getattr(s, name), getattr(f, name)
+            assert np.abs(a - b).max() <= 1e-10 * max(np.abs(b).max(), 1e-12), (s.layer, name)
+    last = sub[-1]
+    for name, perms in (("V", ((1, 0, 2, 3), (2, 3, 0, 1))), ("A", ((1, 0, 2, 3), (2, 3, 0, 1))), ("D", ((1, 0, 2, 3), (0, 1, 3, 2))),
+                        ("B", ((2, 3, 0, 1), (1, 0, 3, 2))), ("G1", ((1, 0),)), ("H1", ((1, 0),))):
+        T = getattr(last, name)
+        for p in perms:
+            np.testing.assert_allclose(T, T.transpose(p), rtol=1e-12, atol=1e-12 * np.abs(T).max(), err_msg=name)
+    with pytest.raises(ParameterError, match="'size'"):
+        residual_module.subset_tower(net, X5, size=3)
+
+
+def test_flow_assembles_the_exact_tower_beyond_four_inputs():
+    """tower='auto' with five inputs: the flow's tensors are those of :func:`subset_tower`."""
+    net = ResidualMLP(input_dim=2, hidden_widths=[6] * 2, output_dim=6, activation=_act("gelu"), gamma=0.5, xi=0.9, c_b=0.05, c_w=1.2)
+    X5 = np.random.default_rng(3).normal(size=(5, 2))
+    flow = pdlt.flow(net, X5)
+    exact = residual_module.subset_tower(net, X5)
+    closed = pdlt.flow(net.evolve(tower="closure"), X5)
+    for name in ("V", "G1", "H1", "A", "B", "D", "F"):
+        np.testing.assert_array_equal(getattr(flow[-1], name), getattr(exact[-1], name))
+        assert not np.allclose(getattr(closed[-1], name), getattr(exact[-1], name), rtol=1e-6, atol=0), name
 
 
 @pytest.mark.parametrize("act", ["tanh", "gelu"])

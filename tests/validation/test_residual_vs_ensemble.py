@@ -32,7 +32,7 @@ import pytest
 import pdlt
 from pdlt.ensemble import sample, sample_chunks
 from pdlt_plugins import residual as residual_module
-from pdlt_plugins.residual import ResidualMLP, input_tower, single_input_tower
+from pdlt_plugins.residual import ResidualMLP, single_input_tower, subset_tower
 
 K_SIGMA = 4.0
 
@@ -115,7 +115,7 @@ def _compare_flow(table, flow, stats, ns, names, layers, nlo=True, degree=1):
     checked here), so there is no systematic allowance: tolerances are standard errors only.
     ``degree`` 2 fits a + b/n + c/n² (three or more widths)."""
     assert flow.network.tower == "auto" and residual_module._wants_tower(flow.network, flow.X)
-    tower = input_tower(flow.network, flow.X, ntk=True)
+    tower = subset_tower(flow.network, flow.X)
     for ell in layers:
         th = flow.layer(ell)
         np.testing.assert_allclose(th.A, tower[ell - 1].A, rtol=1e-12, atol=1e-14)  # the flow is the tower
@@ -297,6 +297,11 @@ NTK_TOWER_RUNS = {
     # GELU, four 3-D inputs: the exact tower up to N = 4 (pairwise planar projections)
     "gelu_four_inputs": dict(act="gelu", X=[[1.0, -0.4, 0.2], [0.3, 0.9, -0.5], [-0.7, 0.2, 0.4], [0.1, -0.6, -0.9]],
                              kw=dict(gamma=0.5, xi=0.9, c_b=0.05, c_w=1.2), critical=False, seed=8100, sizes=(120_000, 50_000),
+                             chunk=256, rejected=((3, "B"), (4, "B"))),
+    # GELU, five 3-D inputs: beyond four inputs the flow assembles the tensors from the five four-input
+    # towers (subset_tower)
+    "gelu_five_inputs": dict(act="gelu", X=[[1.0, -0.4, 0.2], [0.3, 0.9, -0.5], [-0.7, 0.2, 0.4], [0.1, -0.6, -0.9], [0.8, 0.5, -0.3]],
+                             kw=dict(gamma=0.5, xi=0.9, c_b=0.05, c_w=1.2), critical=False, seed=8300, sizes=(120_000, 50_000),
                              chunk=256, rejected=((3, "B"), (4, "B"))),
 }
 
