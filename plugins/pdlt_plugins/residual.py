@@ -27,8 +27,9 @@ whole history of another); :func:`single_input_tower` (one input) and :func:`inp
 (N inputs, kernel and NTK sectors) treat that exactly.  The closure error is 1–3 % on V, G1, B, F
 and up to ~10 % on A, H1 beyond the first residual layer for γ ≈ 0.5–0.6 (measured; docs/residual.md,
 which also derives every recursion and lists the checks against real networks).  The flow uses the
-exact tower for N ≤ 2 inputs (``ResidualMLP.tower``), computed once in :func:`first_layer` and
-handed from layer to layer.
+exact tower (``ResidualMLP.tower``: the N-input tower for N ≤ 4 inputs, assembled from the four-input
+towers of :func:`subset_tower` for N = 5, 6), computed once in :func:`first_layer` and handed from
+layer to layer.
 """
 
 from __future__ import annotations
@@ -141,12 +142,14 @@ class ResidualMLP(Architecture):
         others get ξ = 1.  A sequence is used as given.
     tower : {"auto", "exact", "closure"}, default "auto"
         How :func:`pdlt.flow` computes the O(1/n) tensors (V, G1, H1, A, B, D, F, Ω, Π, Φ).
-        "exact": the Hermite tower (:func:`input_tower` with ``ntk=True``), exact at O(1/n) up to a
-        truncation error that falls like γ^degree; cost grows steeply with the number of inputs N
-        (depth 4: ≈ 0.05 s for N = 1, ≈ 0.5 s for N = 2–3, ≈ 3 s for N = 4; N = 5 needs ~1 GB).
+        "exact": the Hermite tower (:func:`input_tower` with ``ntk=True``; beyond four inputs assembled
+        from the C(N, 4) four-input towers, :func:`subset_tower`), exact at O(1/n) up to a truncation
+        error that falls like γ^degree; cost grows steeply with the number of inputs N (depth 4: ≈ 0.05 s
+        for N = 1, ≈ 0.5 s for N = 2–3, ≈ 1–3 s for N = 4, then C(N, 4) times that: ≈ 6 s for N = 5,
+        ≈ 20 s for N = 6, ≈ 1.5 min for N = 8).
         "closure": the closed recursions of :func:`next_layer` (fast for any N; 1–3 % off V, B, F
         and up to ~10 % off A, H1 beyond the first residual layer for γ ≈ 0.5–0.6).
-        "auto": "exact" when N ≤ 4, some γ ≠ 0 and every input has a variance > 0 (a rank-deficient
+        "auto": "exact" when N ≤ 6, some γ ≠ 0 and every input has a variance > 0 (a rank-deficient
         K^(1), e.g. one-dimensional inputs with C_b = 0, is fine; if a deeper kernel stays singular —
         coinciding inputs — the closure is used), else "closure" (for γ = 0
         everywhere the closure is already exact).
@@ -1475,6 +1478,20 @@ class _NTKTower:
         self.ah = np.zeros((self.nH, nb))
         self.phi = np.zeros((N, N, nb, nb))
         self.b = np.zeros((N, N, N, N, nb, nb))
+        # b_αβγδ(f, g) = b_γδαβ(f, g) (the two Ĥ_ik factors commute) = b_βαδγ(g, f) (i ↔ k, Ĥ_ik;αβ = Ĥ_ki;βα):
+        # the γ⁴ M̃ b M̃ᵀ term is computed on one index tuple per orbit and copied (transposed) to the others
+        tuples = list(itertools.product(range(N), repeat=4))
+        flat = {t: j for j, t in enumerate(tuples)}
+        rep, flip, reps = np.empty(len(tuples), dtype=int), np.zeros(len(tuples), dtype=bool), []
+        for j, (a, b_, c, d) in enumerate(tuples):
+            orbit = [((a, b_, c, d), False), ((c, d, a, b_), False), ((b_, a, d, c), True), ((d, c, b_, a), True)]
+            head, transposed = min(orbit)
+            if head == (a, b_, c, d):
+                reps.append(j)
+            rep[j], flip[j] = flat[head], transposed
+        self._b_reps = np.array(reps)
+        where = {j: k for k, j in enumerate(reps)}
+        self._b_rep_of, self._b_flip = np.array([where[r] for r in rep]), flip
 
     def blk(self, t: int) -> slice:
         return slice(t * self.nb, (t + 1) * self.nb)
@@ -1551,7 +1568,12 @@ class _NTKTower:
         C4 = CE.reshape(1 + nH, nb, 1 + nH, nb)
         C4 = np.einsum("pq,qarb->parb", Bk, C4)
         C4 = np.einsum("parb,sr->pasb", C4, Bk)
-        C4 = np.matmul(np.matmul(Mt, C4.transpose(0, 2, 1, 3)), Mt.T).transpose(0, 2, 1, 3)
+        iu = np.triu_indices(1 + nH)  # the result is symmetric: blocks (p, s) with p ≤ s, then mirrored
+        up = np.matmul(np.matmul(Mt, C4.transpose(0, 2, 1, 3)[iu]), Mt.T)
+        C4 = np.empty((1 + nH, 1 + nH, nb, nb))
+        C4[iu] = up
+        C4[iu[1], iu[0]] = up.transpose(0, 2, 1)
+        C4 = C4.transpose(0, 2, 1, 3)
         CEn = r * C4.reshape(nE, nE) + LG + LG.T + Gm @ GG @ Gm.T
 
         # one-neuron NTK correction, for every ordered (α, β) (symmetric), then kept on the pairs p
@@ -1596,7 +1618,11 @@ class _NTKTower:
             colv = TT[..., None] * Qbd + r * np.einsum("abcdAB,bdB->abcdA", bb, Qf)
             bn[..., 0, :] += x2 * g * g * Cw * (rowv @ Mt.T)
             bn[..., :, 0] += x2 * g * g * Cw * (colv @ Mt.T)
-            bn += r * g**4 * Mt @ bb @ Mt.T
+            bf = bb.reshape(-1, nb, nb)
+            mbm = (Mt @ bf[self._b_reps]) @ Mt.T
+            mbm = mbm[self._b_rep_of]
+            mbm[self._b_flip] = mbm[self._b_flip].transpose(0, 2, 1)
+            bn += r * g**4 * mbm.reshape(bb.shape)
         self.Theta, self.CE, self.ah, self.phi, self.b = Thn, CEn, ahn, phin, bn
         return CEn[blk(0), blk(0)]
 

@@ -411,8 +411,8 @@ def test_ntk_tower_truncated_to_the_closure_is_the_flow(act):
 
 
 def test_flow_uses_the_exact_tower_when_it_is_cheap():
-    """tower='auto': exact with shortcuts for N ≤ 4 inputs, also when K^(1) is rank-deficient (any square
-    root of it), the closure beyond N = 4, for coinciding inputs or γ = 0; 'exact' insists (and rejects a
+    """tower='auto': exact with shortcuts for N ≤ 6 inputs, also when K^(1) is rank-deficient (any square
+    root of it), the closure beyond N = 6, for coinciding inputs or γ = 0; 'exact' insists (and rejects a
     singular deeper kernel); 'closure' never uses the tower."""
     net = _res("tanh", gamma=0.6, xi=0.9)
     tw = residual_module.input_tower(net, X2, ntk=True)
