@@ -38,6 +38,7 @@ import functools
 import itertools
 import math
 import weakref
+from warnings import warn
 
 import attrs
 import numpy as np
@@ -45,7 +46,7 @@ import numpy as np
 from pdlt.architecture import Architecture, per_layer
 from pdlt.contractions import LayerExpectations, PairOp, apply_pair_op, first_derivative_terms, fourth_contract
 from pdlt.criticality import criticality
-from pdlt.errors import NoCriticalityError, NumericalError, ParameterError
+from pdlt.errors import AccuracyWarning, NoCriticalityError, NumericalError, ParameterError
 from pdlt.flow import Statistics
 from pdlt.hookspecs import hookimpl
 from pdlt.information import hermite_projections
@@ -150,9 +151,11 @@ class ResidualMLP(Architecture):
         "closure": the closed recursions of :func:`next_layer` (fast for any N; 1–3 % off V, B, F
         and up to ~10 % off A, H1 beyond the first residual layer for γ ≈ 0.5–0.6).
         "auto": "exact" when N ≤ 6, some γ ≠ 0 and every input has a variance > 0 (a rank-deficient
-        K^(1), e.g. one-dimensional inputs with C_b = 0, is fine; if a deeper kernel stays singular —
-        coinciding inputs — the closure is used), else "closure" (for γ = 0
-        everywhere the closure is already exact).
+        K^(1), e.g. one-dimensional inputs with C_b = 0, is fine; coinciding inputs are computed once),
+        else "closure" (for γ = 0 everywhere the closure is already exact).  When a deeper kernel of
+        the distinct inputs is singular or so ill-conditioned that the tower fails its internal check
+        (e.g. six one-dimensional inputs), "auto" uses the closure and says so with an AccuracyWarning;
+        "exact" raises.
 
     Notes
     -----
@@ -332,8 +335,9 @@ def _wants_tower(net: "ResidualMLP", X: np.ndarray) -> bool:
     if ev[0] > 1e-8 * max(ev[-1], 1e-300):
         return True
     # rank-deficient K^(1) (e.g. one-dimensional inputs with C_b = 0): the tower takes any square root of
-    # K^(1) (first_layer still falls back to the closure if a deeper kernel stays singular, e.g. coinciding
-    # inputs, or proportional ones with a scale-invariant σ); every input needs a variance > 0
+    # K^(1) (first_layer still falls back to the closure, with a warning, if a deeper kernel of the distinct inputs
+    # is singular or ill-conditioned, e.g. proportional inputs with a scale-invariant σ); every input needs a
+    # variance > 0
     return bool(np.all(np.diag(K1) > 1e-12 * max(ev[-1], 1e-300)))
 
 
@@ -363,10 +367,19 @@ def first_layer(net: ResidualMLP, X: np.ndarray, order: str) -> ResidualStatisti
     if order != "leading" and net.depth > 1 and _wants_tower(net, X):
         try:
             _attach_tower(out, subset_tower(net, X))
-        except ParameterError:
+        except (ParameterError, NumericalError) as err:
             if net.tower == "exact":
                 raise
-            # "auto" with a rank-deficient K^(1) whose deeper kernels stay singular: the closure
+            # "auto": a deeper kernel is singular (e.g. proportional inputs with a scale-invariant σ) or so
+            # ill-conditioned that the whitened tower loses its accuracy (many one-dimensional inputs)
+            warn(
+                f"ResidualMLP(tower='auto'): the exact Hermite tower is not usable for these inputs ({err}) The "
+                "O(1/n) tensors come from the closed recursions instead (1–10 % off beyond the first residual "
+                "layer, docs/residual.md). Spread the inputs further apart for the exact tower, or pass "
+                "tower='closure' to choose the closure without this warning.",
+                AccuracyWarning,
+                stacklevel=2,
+            )
     return out
 
 
@@ -1936,18 +1949,27 @@ def subset_tower(net: ResidualMLP, X, size: int = 4, **tower_options) -> list:
             f"The 'X' parameter of subset_tower must be finite inputs of shape (N, {net.input_dim}). Got shape {np.shape(X)} instead."
         )
     N = X.shape[0]
-    if N <= size:
+    # coinciding inputs: the towers run on the distinct ones (a repeated input only repeats indices)
+    _, first, inv = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=int)
+    rank[np.argsort(first)] = np.arange(len(first))
+    idx = rank[np.ravel(inv)]  # position of each input among the distinct ones, in their original order
+    U = X[np.sort(first)]
+    Nu = U.shape[0]
+    if N <= size and Nu == N:
         return input_tower(net, X, ntk=True, **tower_options)
-    subsets = list(itertools.combinations(range(N), size))
+    subsets = list(itertools.combinations(range(Nu), size)) if Nu > size else [tuple(range(Nu))]
     L = net.depth
-    full = [{name: np.zeros((N,) * (2 if name in ("G1", "Theta", "H1") else 3 if name in ("Omega", "Pi", "Phi") else 4))
+    full = [{name: np.zeros((Nu,) * (2 if name in ("G1", "Theta", "H1") else 3 if name in ("Omega", "Pi", "Phi") else 4))
              for name in _TOWER_TENSORS} for _ in range(L)]
     # reverse lexicographic order: the last write to a component is by the first subset containing its indices
     for S in reversed(subsets):
-        tw = input_tower(net, X[list(S)], ntk=True, **tower_options)
+        tw = input_tower(net, U[list(S)], ntk=True, **tower_options)
         for layer, T in zip(full, tw):
             for name, arr in layer.items():
                 arr[np.ix_(*[S] * arr.ndim)] = getattr(T, name)
+    if Nu < N:
+        full = [{name: arr[np.ix_(*[idx] * arr.ndim)] for name, arr in layer.items()} for layer in full]
     h1 = net.effective_hyperparameters(1)
     n0 = net.widths[0]
     K = h1["c_b"] + h1["c_w"] * (X @ X.T) / n0

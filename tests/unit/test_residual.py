@@ -429,10 +429,15 @@ def test_flow_uses_the_exact_tower_when_it_is_cheap():
         np.testing.assert_array_equal(getattr(three[-1], name), getattr(tw3[-1], name))
         a, b = getattr(tw3[-1], name), getattr(near[-1], name)
         assert 0 < np.abs(a - b).max() <= 1e-4 * np.abs(a).max(), name
-    same = np.vstack([X2[0], X2[0]])
-    assert pdlt.flow(net, same)[-1].A[0, 0, 0, 0] == pytest.approx(closed[-1].A[0, 0, 0, 0], rel=1e-9)
+    # coinciding inputs: the tower of the distinct inputs, indices repeated
+    same = np.vstack([X2[0], X2[1], X2[0]])
+    dup = pdlt.flow(net, same)[-1]
+    idx = [0, 1, 0]
+    for name in ("V", "G1", "H1", "A", "B", "D", "F"):
+        T = getattr(tw[-1], name)
+        np.testing.assert_allclose(getattr(dup, name), T[np.ix_(*[idx] * T.ndim)], rtol=1e-12, atol=1e-14, err_msg=name)
     with pytest.raises(ParameterError, match="non-singular kernel"):
-        pdlt.flow(net.evolve(tower="exact"), same)
+        residual_module.input_tower(net, same, ntk=True)
     plain = _res("tanh", gamma=0.0, xi=1.0)
     assert residual_module._wants_tower(plain, X2) is False and residual_module._wants_tower(net, X3) is True
     assert residual_module._wants_tower(_res("tanh", gamma=0.6).evolve(c_b=0.1), X3) is True
@@ -442,6 +447,21 @@ def test_flow_uses_the_exact_tower_when_it_is_cheap():
     assert residual_module._wants_tower(wide, X7[:4]) is True and residual_module._wants_tower(wide, X7[:6]) is True
     assert residual_module._wants_tower(wide, X7) is False  # 35 four-input towers: the closure unless tower="exact"
     assert residual_module._wants_tower(wide.evolve(tower="exact"), X7) is True
+
+
+def test_ill_conditioned_tower_falls_back_to_the_closure_with_a_warning():
+    """Six one-dimensional inputs with C_b = 0: K^(2) is a Gram matrix of smooth functions of one Gaussian and
+    numerically singular, so the whitened tower fails its internal check; 'auto' then warns and uses the
+    closure, 'exact' raises."""
+    net = ResidualMLP(input_dim=1, hidden_widths=[8] * 2, output_dim=1, activation=_act("tanh"), gamma=0.5, xi=0.9).at_criticality()
+    X = np.random.default_rng(0).normal(size=(6, 1))
+    with pytest.warns(pdlt.errors.AccuracyWarning, match="tower='closure'"):
+        auto = pdlt.flow(net, X)
+    closed = pdlt.flow(net.evolve(tower="closure"), X)
+    for name in ("V", "A", "B", "D", "F", "G1", "H1"):
+        np.testing.assert_array_equal(getattr(auto[-1], name), getattr(closed[-1], name))
+    with pytest.raises((ParameterError, pdlt.errors.NumericalError)):
+        pdlt.flow(net.evolve(tower="exact"), X)
 
 
 @pytest.mark.parametrize("act", ["relu", "gelu"])
