@@ -1688,6 +1688,20 @@ class _NTKTower:
         )
 
 
+def _tower_inputs(net, X, owner: str) -> np.ndarray:
+    """Check the ``net`` and ``X`` arguments of the tower functions; ``X`` as a (N, n_0) float array."""
+    if not isinstance(net, ResidualMLP):
+        raise ParameterError(f"The 'net' parameter of {owner} must be a ResidualMLP. Got {net!r} instead.")
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    if X.ndim != 2 or X.shape[1] != net.input_dim or not np.all(np.isfinite(X)):
+        raise ParameterError(
+            f"The 'X' parameter of {owner} must be finite inputs of shape (N, {net.input_dim}). Got shape {np.shape(X)} instead."
+        )
+    return X
+
+
 def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool = False, ntk: bool = False,
                 grid_half_width: float = 10.0, grid_panel: float | None = None) -> list[MultiTowerLayer]:
     """Exact O(1/n) statistics of a residual MLP for N inputs (Hermite tower on R^N): K, G1, V, Ω and,
@@ -1746,15 +1760,7 @@ def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool
     NumericalError
         The NTK tower's kernel block disagrees with the kernel tower (an internal consistency check).
     """
-    if not isinstance(net, ResidualMLP):
-        raise ParameterError(f"The 'net' parameter of input_tower must be a ResidualMLP. Got {net!r} instead.")
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X.reshape(1, -1)
-    if X.ndim != 2 or X.shape[1] != net.input_dim or not np.all(np.isfinite(X)):
-        raise ParameterError(
-            f"The 'X' parameter of input_tower must be finite inputs of shape (N, {net.input_dim}). Got shape {np.shape(X)} instead."
-        )
+    X = _tower_inputs(net, X, "input_tower")
     N = X.shape[0]
     if degree is None:
         M = ({1: 40, 2: 16, 3: 8}.get(N, 6) if ntk else {1: 40, 2: 20, 3: 12}.get(N, 8))
@@ -1907,7 +1913,8 @@ def subset_tower(net: ResidualMLP, X, size: int = 4, **tower_options) -> list:
     :func:`input_tower` (``ntk=True``) on every ``size``-subset of the inputs — C(N, size) towers, each
     of the cost of an N = ``size`` tower — and takes each component from the first subset (in
     lexicographic order) that contains its indices, so that components related by a symmetry of the
-    tensor come from the same tower and the symmetries hold exactly.
+    tensor come from the same tower.  Coinciding inputs are computed once (the towers run on the
+    distinct inputs; a repeated input repeats their indices).
 
     Parameters
     ----------
@@ -1922,7 +1929,8 @@ def subset_tower(net: ResidualMLP, X, size: int = 4, **tower_options) -> list:
 
     Returns
     -------
-    list of SubsetTowerLayer (or of MultiTowerLayer when N ≤ ``size``), layers 1..L.
+    list of SubsetTowerLayer (of MultiTowerLayer, from :func:`input_tower`, when N ≤ ``size`` and the
+    inputs are distinct), layers 1..L.
 
     Raises
     ------
@@ -1937,17 +1945,9 @@ def subset_tower(net: ResidualMLP, X, size: int = 4, **tower_options) -> list:
     space of polynomials of total degree ≤ M is invariant under the linear maps that restrict and
     re-whiten the inputs; taking each index set from one subset keeps the tensors' symmetries to rounding.
     """
-    if not isinstance(net, ResidualMLP):
-        raise ParameterError(f"The 'net' parameter of subset_tower must be a ResidualMLP. Got {net!r} instead.")
+    X = _tower_inputs(net, X, "subset_tower")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 4:
         raise ParameterError(f"The 'size' parameter of subset_tower must be an integer >= 4. Got {size!r} instead.")
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X.reshape(1, -1)
-    if X.ndim != 2 or X.shape[1] != net.input_dim or not np.all(np.isfinite(X)):
-        raise ParameterError(
-            f"The 'X' parameter of subset_tower must be finite inputs of shape (N, {net.input_dim}). Got shape {np.shape(X)} instead."
-        )
     N = X.shape[0]
     # coinciding inputs: the towers run on the distinct ones (a repeated input only repeats indices)
     _, first, inv = np.unique(X, axis=0, return_index=True, return_inverse=True)
