@@ -263,21 +263,59 @@ def test_residual_gelu_gd_trained_mean_and_covariance_to_order_one_over_n():
                            c_b=0.05).at_criticality()
 
     _, th, no, runs = _gd_theory_and_runs(gnet, _GELU_RUNS, seed0=31)
+    power_mean, power_cov = _check_gd_mean_and_covariance("GELU residual GD", th, no, runs)
+    assert power_mean > K_SIGMA and power_cov > K_SIGMA  # power: the dNTK/ddNTK contribution is resolved in both
+
+
+def _check_gd_mean_and_covariance(label, th, no, runs):
+    """n·(E[z_T] − m^∞) (control variate) and n·(Cov z_T − Σ^∞) over the widths of ``runs``, a + b/n, against
+    fan-in 32 × ``mean_correction`` / ``covariance_correction`` of ``th``, |z| ≤ 4 per entry.  Returns the
+    largest |z| of the prediction ``no`` (P..U set to zero) for the mean and for the covariance."""
     ns = tuple(runs)
     a, sa = _fit(ns, np.array([n * runs[n].mean_minus_control.mean.ravel() for n in ns]),
                  np.array([n * runs[n].mean_minus_control.stderr.ravel() for n in ns]))
     z = (a - 32 * th.mean_correction.ravel()) / sa
     z0 = (a - 32 * no.mean_correction.ravel()) / sa
-    print(f"\nGELU residual GD mean: a = {np.round(a, 4)} ± {np.round(sa, 4)}, theory "
+    print(f"\n{label} mean: a = {np.round(a, 4)} ± {np.round(sa, 4)}, theory "
           f"{np.round(32 * th.mean_correction.ravel(), 4)}, z = {np.round(z, 2)}; without P..U z = {np.round(z0, 1)}")
-    assert np.all(np.abs(z) <= K_SIGMA), z
-    assert np.abs(z0).max() > K_SIGMA
     iu = np.triu_indices(4)
     sig = th.covariance_infinite.reshape(4, 4)
     a, sa = _fit(ns, np.array([n * (runs[n].covariance.mean.reshape(4, 4) - sig)[iu] for n in ns]),
                  np.array([n * runs[n].covariance.stderr.reshape(4, 4)[iu] for n in ns]))
     zc = (a - 32 * th.covariance_correction.reshape(4, 4)[iu]) / sa
     zc0 = (a - 32 * no.covariance_correction.reshape(4, 4)[iu]) / sa
-    print(f"GELU residual GD covariance: z = {np.round(zc, 2)} (Σz² {np.sum(zc**2):.1f}); without P..U max |z| {np.abs(zc0).max():.1f}")
+    print(f"{label} covariance: z = {np.round(zc, 2)} (Σz² {np.sum(zc**2):.1f}); without P..U max |z| {np.abs(zc0).max():.1f}")
+    assert np.all(np.abs(z) <= K_SIGMA), z
     assert np.all(np.abs(zc) <= K_SIGMA), zc
-    assert np.abs(zc0).max() > K_SIGMA
+    return float(np.abs(z0).max()), float(np.abs(zc0).max())
+
+
+def _run_of_three_net(n, act=None):
+    """Hidden widths n, n, n, n with a scalar γ: shortcuts at layers 2, 3, 4 (a run of three adjacent
+    shortcut layers, where the dNTK statistics use the corrected closure) and a plain output layer."""
+    return ResidualMLP(input_dim=1, hidden_widths=[n] * 4, output_dim=2, activation=act or Tanh(), gamma=0.5, xi=0.9,
+                       c_b=0.05).at_criticality()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act_name", ["tanh", "gelu"])
+def test_residual_gd_with_a_run_of_three_shortcut_layers(act_name):
+    """O(1/n) GD of real residual networks of depth 5 whose scalar γ = 0.5 puts shortcuts at layers
+    2, 3, 4 — the default layout of ``ResidualMLP(hidden_widths=[n] * 4, gamma=...)`` and the case where
+    the dNTK statistics are approximate (≈ 1 % at a run of three, docs/residual.md).  Same inputs, labels,
+    widths and ensemble sizes as the depth-3 tests above (tanh and GELU, each at its criticality).
+
+    Measured, tanh: mean a = 0.0131(49), −0.0712(51), −0.0162(63), 0.0225(72) vs fan-in × ``mean_correction``
+    0.0077, −0.0688, 0.0024, 0.0261 (z = 1.11, −0.46, −2.96, −0.51; P..U = 0 excluded at 8.0σ); covariance
+    max |z| 1.07 over 10 entries (Σz² 3.0; P..U = 0 excluded at 57σ).  About 25 CPU-minutes.
+    GELU (the odd couplings Φ, Ξ of the run enter): mean a = 0.379(44), 0.271(33), −1.110(49), 0.852(48) vs
+    0.363, 0.214, −1.122, 0.902 (|z| ≤ 1.73; P..U = 0 excluded at 17σ); covariance max |z| 2.40 (Σz² 13.9;
+    P..U = 0 excluded at 20σ).  About 45 CPU-minutes.
+    """
+    from pdlt_plugins.activations import GELU
+
+    act = Tanh() if act_name == "tanh" else GELU()
+    sizes = _GD_RUNS if act_name == "tanh" else _GELU_RUNS
+    _, th, no, runs = _gd_theory_and_runs(lambda n: _run_of_three_net(n, act), sizes, seed0=900)
+    power_mean, power_cov = _check_gd_mean_and_covariance(f"{act_name} residual GD, shortcuts at layers 2-4", th, no, runs)
+    assert power_mean > K_SIGMA and power_cov > K_SIGMA  # power: the dNTK/ddNTK contribution is resolved in both
