@@ -53,7 +53,7 @@ from pdlt.information import hermite_projections
 
 __all__ = [
     "MultiTowerLayer", "ResidualMLP", "ResidualStatistics", "TowerLayer", "first_layer", "input_tower", "next_layer", "odd_tensors_vanish",
-    "residual_dntk_step", "single_input_tower", "SubsetTowerLayer", "subset_tower",
+    "residual_dntk_step", "single_input_tower", "subset_tower",
 ]
 
 
@@ -1157,7 +1157,7 @@ def single_input_tower(net: ResidualMLP, x, degree: int = 40, *, closure: bool =
 
 @attrs.frozen(kw_only=True)
 class MultiTowerLayer:
-    """Exact O(1/n) kernel statistics of one layer from :func:`input_tower` (N inputs).
+    """Exact O(1/n) kernel statistics of one layer from :func:`input_tower` or :func:`subset_tower` (N inputs).
 
     Attributes
     ----------
@@ -1175,6 +1175,7 @@ class MultiTowerLayer:
     d : ndarray (nb,)
         One-neuron coefficients n(E f(z_i) − ⟨f⟩_K) = Σ_A d_A F_A.
     multi_indices : ndarray (nb, N)
+        c, d and multi_indices are None for layers assembled from several towers (:func:`subset_tower`).
     Theta, H1, A, B, D, F, Pi, Phi : ndarray or None
         With ``ntk=True``: the NTK mean Θ, its correction H1 = n(E Ĥ_ii − Θ), and the NTK tensors in
         the flow's index conventions (book §8–9; Π, Φ as in :mod:`pdlt_plugins.residual`):
@@ -1188,9 +1189,9 @@ class MultiTowerLayer:
     G1: np.ndarray = attrs.field(eq=False)
     V: np.ndarray = attrs.field(eq=False)
     Omega: np.ndarray = attrs.field(eq=False)
-    c: np.ndarray = attrs.field(eq=False, repr=False)
-    d: np.ndarray = attrs.field(eq=False, repr=False)
-    multi_indices: np.ndarray = attrs.field(eq=False, repr=False)
+    c: np.ndarray | None = attrs.field(default=None, eq=False, repr=False)
+    d: np.ndarray | None = attrs.field(default=None, eq=False, repr=False)
+    multi_indices: np.ndarray | None = attrs.field(default=None, eq=False, repr=False)
     Theta: np.ndarray | None = attrs.field(default=None, eq=False)
     H1: np.ndarray | None = attrs.field(default=None, eq=False)
     A: np.ndarray | None = attrs.field(default=None, eq=False)
@@ -1869,40 +1870,6 @@ def input_tower(net: ResidualMLP, X, degree: int | None = None, *, closure: bool
     return out
 
 
-#: The flow's tensors with at most four input indices, which is all of them (V, A, B, D, F: four; Ω, Π, Φ:
-#: three; G1, H1: two).
-_TOWER_TENSORS = ("G1", "V", "Omega", "Theta", "H1", "A", "B", "D", "F", "Pi", "Phi")
-
-
-@attrs.frozen(kw_only=True)
-class SubsetTowerLayer:
-    """Exact O(1/n) statistics of one layer for N > 4 inputs, assembled by :func:`subset_tower`.
-
-    Attributes
-    ----------
-    layer, fan_in : int
-    K, Theta, G1, H1 : ndarray (N, N)
-    V, A, B, D, F : ndarray (N, N, N, N)
-    Omega, Pi, Phi : ndarray (N, N, N)
-        As in :class:`MultiTowerLayer` (same conventions).
-    """
-
-    layer: int
-    fan_in: int
-    K: np.ndarray = attrs.field(eq=False)
-    Theta: np.ndarray = attrs.field(eq=False)
-    G1: np.ndarray = attrs.field(eq=False)
-    H1: np.ndarray = attrs.field(eq=False)
-    V: np.ndarray = attrs.field(eq=False)
-    A: np.ndarray = attrs.field(eq=False)
-    B: np.ndarray = attrs.field(eq=False)
-    D: np.ndarray = attrs.field(eq=False)
-    F: np.ndarray = attrs.field(eq=False)
-    Omega: np.ndarray = attrs.field(eq=False)
-    Pi: np.ndarray = attrs.field(eq=False)
-    Phi: np.ndarray = attrs.field(eq=False)
-
-
 def subset_tower(net: ResidualMLP, X, size: int = 4, **tower_options) -> list:
     """Exact O(1/n) kernel and NTK statistics for any number of inputs from towers on input subsets.
 
@@ -1929,8 +1896,8 @@ def subset_tower(net: ResidualMLP, X, size: int = 4, **tower_options) -> list:
 
     Returns
     -------
-    list of SubsetTowerLayer (of MultiTowerLayer, from :func:`input_tower`, when N ≤ ``size`` and the
-    inputs are distinct), layers 1..L.
+    list of MultiTowerLayer, layers 1..L (without c, d, multi_indices when assembled from several towers or
+    with coinciding inputs).
 
     Raises
     ------
@@ -1959,24 +1926,16 @@ def subset_tower(net: ResidualMLP, X, size: int = 4, **tower_options) -> list:
     if N <= size and Nu == N:
         return input_tower(net, X, ntk=True, **tower_options)
     subsets = list(itertools.combinations(range(Nu), size)) if Nu > size else [tuple(range(Nu))]
-    L = net.depth
-    full = [{name: np.zeros((Nu,) * (2 if name in ("G1", "Theta", "H1") else 3 if name in ("Omega", "Pi", "Phi") else 4))
-             for name in _TOWER_TENSORS} for _ in range(L)]
+    names = ("K", "Theta", "G1", "H1", "V", "A", "B", "D", "F", "Omega", "Pi", "Phi")  # every one has ≤ 4 input indices
+    full: list[dict] = [{} for _ in range(net.depth)]
     # reverse lexicographic order: the last write to a component is by the first subset containing its indices
     for S in reversed(subsets):
-        tw = input_tower(net, U[list(S)], ntk=True, **tower_options)
-        for layer, T in zip(full, tw):
-            for name, arr in layer.items():
-                arr[np.ix_(*[S] * arr.ndim)] = getattr(T, name)
+        for layer, T in zip(full, input_tower(net, U[list(S)], ntk=True, **tower_options)):
+            for name in names:
+                part = getattr(T, name)
+                if name not in layer:
+                    layer[name] = np.zeros((Nu,) * part.ndim)
+                layer[name][np.ix_(*[S] * part.ndim)] = part
     if Nu < N:
         full = [{name: arr[np.ix_(*[idx] * arr.ndim)] for name, arr in layer.items()} for layer in full]
-    h1 = net.effective_hyperparameters(1)
-    n0 = net.widths[0]
-    K = h1["c_b"] + h1["c_w"] * (X @ X.T) / n0
-    out = []
-    for ell in range(1, L + 1):
-        if ell > 1:
-            hp = net.effective_hyperparameters(ell)
-            K = hp["c_b"] + hp["c_w"] * LayerExpectations(net.activation, K).pair(0, 0) + hp["gamma"] ** 2 * K
-        out.append(SubsetTowerLayer(layer=ell, fan_in=net.widths[ell - 1], K=K, **full[ell - 1]))
-    return out
+    return [MultiTowerLayer(layer=ell, fan_in=net.widths[ell - 1], **full[ell - 1]) for ell in range(1, net.depth + 1)]
